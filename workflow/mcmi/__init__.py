@@ -1,0 +1,3 @@
+"""Reproduction pipeline for "Bayes Conditional Distribution Estimation for Knowledge Distillation"."""
+
+__version__ = "0.1.0"

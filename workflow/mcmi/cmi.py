@@ -1,0 +1,74 @@
+"""Conditional mutual information (CMI) and log-likelihood (LL) of a classifier, and the MCMI objective.
+
+Definitions (paper eqs. 12-13, natural log, nats):
+    P_x  = softmax(logits(x) / T)
+    Q_y  = mean of P_x over the samples x of class y                   (class centroid)
+    CMI  = (1/N) sum_y sum_{x in D_y} KL(P_x || Q_y)
+    LL   = (1/N) sum_x log P_x[y]                                       (<= 0)
+The MCMI fine-tuning objective maximises LL + lambda * CMI with Q fixed, i.e. minimises
+CE(x, y) - lambda * KL(P_x || Q_y) per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-12
+
+
+def class_centroids(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Q[y] = mean of ``probs`` over rows with label y; (num_classes, K). Classes without samples get
+    a uniform row (they contribute nothing to the CMI). Rows are re-normalised to sum to one."""
+    probs = probs.to(torch.float64)
+    sums = torch.zeros(num_classes, probs.shape[1], dtype=probs.dtype, device=probs.device)
+    sums.index_add_(0, labels, probs)
+    counts = torch.bincount(labels, minlength=num_classes).to(probs.dtype).unsqueeze(1)
+    q = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, 1.0 / probs.shape[1]))
+    return q / q.sum(dim=1, keepdim=True)
+
+
+def kl_to_centroids(probs: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(P_x || Q_{y_x}) in nats; 0 * log 0 is taken as 0."""
+    q = centroids[labels].to(probs.dtype)
+    terms = probs * (torch.log(probs.clamp_min(_EPS)) - torch.log(q.clamp_min(_EPS)))
+    return torch.where(probs > 0, terms, torch.zeros_like(terms)).sum(dim=1)
+
+
+def cmi_and_ll(
+    probs: torch.Tensor, labels: torch.Tensor, num_classes: int, centroids: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """Empirical CMI and LL of predictions ``probs`` (N, K) with labels (N,).
+
+    Centroids are computed from the same predictions unless given."""
+    probs = probs.to(torch.float64)
+    if centroids is None:
+        centroids = class_centroids(probs, labels, num_classes)
+    cmi = kl_to_centroids(probs, labels, centroids.to(torch.float64)).mean()
+    ll = torch.log(probs.gather(1, labels.unsqueeze(1)).clamp_min(_EPS)).mean()
+    return float(cmi), float(ll)
+
+
+@torch.no_grad()
+def collect_probs(
+    model: torch.nn.Module, batches: Iterable, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax(logits / T) of ``model`` over ``batches`` (objects with .x and .y), on the CPU."""
+    probs, labels = [], []
+    for batch in batches:
+        logits = model(batch.x)
+        probs.append(F.softmax(logits.float() / temperature, dim=1).cpu())
+        labels.append(batch.y.cpu())
+    return torch.cat(probs), torch.cat(labels)
+
+
+def mcmi_loss(
+    logits: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor, lam: float
+) -> dict[str, torch.Tensor]:
+    """The MCMI fine-tuning loss terms: CE and -lambda * KL(P_x || Q_y), Q fixed (no gradient)."""
+    log_p = F.log_softmax(logits, dim=1)
+    q = centroids.to(log_p.dtype).detach()[labels]
+    kl = (log_p.exp() * (log_p - torch.log(q.clamp_min(_EPS)))).sum(dim=1).mean()
+    return {"ce": F.cross_entropy(logits, labels), "cmi": -lam * kl}

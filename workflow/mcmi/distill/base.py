@@ -1,0 +1,112 @@
+"""The one small interface every distillation method implements, and the registry behind it.
+
+A method is an ``nn.Module``: its own parameters (regressors, embeddings, memory-bank buffers,
+fusion modules, auxiliary heads) are optimised with the student's. The trainer calls
+``method.step(student, teacher, batch, epoch)``; the default ``step`` runs both models once,
+adds the weighted cross-entropy, and asks ``distill`` for the method's own named loss terms.
+Methods that change the forward pass itself (HSAKD's rotated batches) override ``step``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcmi.data.batch import Batch
+from mcmi.models.base import Features, FeatureShapes, ZooModel
+
+
+@dataclass
+class PairContext:
+    """What a method may know about the pair and the training set when it is built."""
+
+    student: FeatureShapes
+    teacher: FeatureShapes
+    num_classes: int
+    num_train: int                     # size of the training set (CRD's memory banks)
+    train_labels: torch.Tensor         # (num_train,) int64, indexed by dataset index (CRD negatives)
+    epochs: int                        # total training epochs (warm-ups, schedules)
+    input_shape: tuple[int, ...]       # per-sample input shape, e.g. (3, 32, 32)
+    student_name: str = ""
+    teacher_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. paths a method needs (HSAKD heads)
+
+
+@dataclass
+class StepOutput:
+    """Named, already weighted loss terms (their sum is minimised) and the student's logits on
+    the un-augmented-by-the-method batch (used for the training accuracy)."""
+
+    terms: dict[str, torch.Tensor]
+    logits: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return torch.stack(list(self.terms.values())).sum()
+
+
+class DistillMethod(nn.Module):
+    """Base class. Subclasses set ``name`` and ``defaults`` and implement ``distill``."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0}
+
+    def __init__(self, ctx: PairContext, **hparams: Any) -> None:
+        super().__init__()
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"method {self.name}: unknown hyperparameter(s) {sorted(unknown)}; "
+                f"expected some of {sorted(self.defaults)}"
+            )
+        self.hparams: dict[str, Any] = {**self.defaults, **hparams}
+        self.ctx = ctx
+
+    def distill(self, s: Features, t: Features, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        """The method's own weighted loss terms (without the cross-entropy)."""
+        raise NotImplementedError
+
+    def step(self, student: ZooModel, teacher: ZooModel, batch: Batch, epoch: int) -> StepOutput:
+        s = student.extract(batch.x)
+        with torch.no_grad():
+            t = teacher.extract(batch.x)
+        terms = {"ce": self.hparams["ce_weight"] * F.cross_entropy(s.logits, batch.y)}
+        terms.update(self.distill(s, t, batch, epoch))
+        return StepOutput(terms=terms, logits=s.logits)
+
+
+_REGISTRY: dict[str, type[DistillMethod]] = {}
+
+
+def register(cls: type[DistillMethod]) -> type[DistillMethod]:
+    """Class decorator: make a method available under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two distillation methods are named {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[DistillMethod]]:
+    """All registered methods, importing every module of this package once."""
+    import importlib
+    import pkgutil
+
+    import mcmi.distill as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    return dict(_REGISTRY)
+
+
+def build_method(name: str, ctx: PairContext, hparams: dict[str, Any] | None = None) -> DistillMethod:
+    """Build the method called ``name`` for this pair; unknown names fail with the known list."""
+    methods = registry()
+    if name not in methods:
+        raise ValueError(f"unknown distillation method {name!r}; known: {sorted(methods)}")
+    return methods[name](ctx, **(hparams or {}))
