@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcmi.data.batch import Batch
+from mcmi.objectives import Objective, StepOutput
 from mcmi.models.base import Features, FeatureShapes, ZooModel
 
 
@@ -34,19 +35,6 @@ class PairContext:
     student_name: str = ""
     teacher_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. paths a method needs (HSAKD heads)
-
-
-@dataclass
-class StepOutput:
-    """Named, already weighted loss terms (their sum is minimised) and the student's logits on
-    the un-augmented-by-the-method batch (used for the training accuracy)."""
-
-    terms: dict[str, torch.Tensor]
-    logits: torch.Tensor
-
-    @property
-    def loss(self) -> torch.Tensor:
-        return torch.stack(list(self.terms.values())).sum()
 
 
 class DistillMethod(nn.Module):
@@ -77,6 +65,29 @@ class DistillMethod(nn.Module):
         terms = {"ce": self.hparams["ce_weight"] * F.cross_entropy(s.logits, batch.y)}
         terms.update(self.distill(s, t, batch, epoch))
         return StepOutput(terms=terms, logits=s.logits)
+
+
+class Distillation(Objective):
+    """A student's objective: a distillation method together with its frozen, eval-mode teacher."""
+
+    def __init__(self, method: DistillMethod, teacher: ZooModel) -> None:
+        super().__init__()
+        self.method = method
+        self.teacher = teacher
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Distillation":
+        super().train(mode)
+        self.teacher.eval()  # the teacher stays in eval mode whatever the trainer asks
+        return self
+
+    def step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        return self.method.step(model, self.teacher, batch, epoch)
+
+    def describe(self) -> dict:
+        return {"objective": "distillation", "method": self.method.name, "hparams": self.method.hparams}
 
 
 _REGISTRY: dict[str, type[DistillMethod]] = {}

@@ -1,0 +1,1 @@
+"""Datasets as tensors or folders, batch-wise augmentation, few-/zero-shot subsets."""
