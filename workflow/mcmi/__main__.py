@@ -1,0 +1,7 @@
+"""``python -m mcmi``: the command line."""
+
+import sys
+
+from mcmi.cli import main
+
+sys.exit(main())

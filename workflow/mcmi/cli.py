@@ -1,0 +1,105 @@
+"""Command line: what the workflow's rules call.
+
+    mcmi stage --spec SPEC            run one stage (teacher, import, mcmi, measure, student, ...)
+    mcmi select-lambda ...            pick lambda* from students' metrics
+    mcmi table N --out PREFIX M...    aggregate metrics files into table N
+    mcmi figure N --out PREFIX M...   aggregate metrics files into figure N
+
+SPEC is a JSON object, given inline or as @path/to/spec.json (or .yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+def _read_spec(text: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise SystemExit(f"spec file not found: {path}")
+        text = path.read_text()
+        spec = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    else:
+        spec = json.loads(text)
+    if not isinstance(spec, dict):
+        raise SystemExit("a spec must be a JSON object")
+    return spec
+
+
+def _cmd_stage(args: argparse.Namespace) -> None:
+    from mcmi.stages import run_stage
+
+    spec = _read_spec(args.spec)
+    if args.stage_name:
+        spec["stage"] = args.stage_name
+    run_stage(spec)
+
+
+def _cmd_select_lambda(args: argparse.Namespace) -> None:
+    from mcmi.selection import select_lambda
+
+    select_lambda(args.metrics, args.out, teacher=args.teacher, dataset=args.dataset)
+
+
+def _cmd_table(args: argparse.Namespace) -> None:
+    from mcmi.tables import make_table
+
+    make_table(args.number, args.metrics, args.paper_dir, args.out)
+
+
+def _cmd_figure(args: argparse.Namespace) -> None:
+    from mcmi.figures import make_confusion_figure, make_figure
+
+    if args.number == 4:
+        make_confusion_figure(args.metrics, args.out)
+    else:
+        make_figure(args.number, args.metrics, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcmi", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stage", help="run one pipeline stage from a job spec")
+    p.add_argument("--spec", required=True, help="JSON object, or @file.json / @file.yaml")
+    p.add_argument("--stage", dest="stage_name", help="override the spec's 'stage'")
+    p.set_defaults(func=_cmd_stage)
+
+    p = sub.add_parser("select-lambda", help="choose lambda* from KD students trained on each grid teacher")
+    p.add_argument("--out", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("metrics", nargs="+")
+    p.set_defaults(func=_cmd_select_lambda)
+
+    for name, func in (("table", _cmd_table), ("figure", _cmd_figure)):
+        p = sub.add_parser(name, help=f"aggregate metrics files into a {name}")
+        p.add_argument("number", type=int)
+        p.add_argument("--out", required=True, help="output prefix (extensions are added)")
+        if name == "table":
+            p.add_argument("--paper-dir", default="config/paper")
+        p.add_argument("metrics", nargs="*")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"mcmi: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

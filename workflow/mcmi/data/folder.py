@@ -1,0 +1,105 @@
+"""ImageNet-style image folders: decoded into tensors when small, streamed when large (ImageNet)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from mcmi.data.batch import Batch
+from mcmi.data.tensors import TensorImageDataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _eval_transform(image_size: int) -> Any:
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(int(round(image_size * 256 / 224))),
+                               transforms.CenterCrop(image_size)])
+
+
+def read_image_folder(root: Path, image_size: int) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """Decode ``root/train`` and ``root/val`` into uint8 tensors (resize + centre crop to
+    ``image_size``); the train classes define the label order."""
+    from torchvision.datasets import ImageFolder
+
+    train_tree = ImageFolder(str(root / "train"))
+    classes = train_tree.classes
+    val_tree = ImageFolder(str(root / "val"))
+    if val_tree.classes != classes:
+        raise ValueError(f"{root}: val classes {val_tree.classes} differ from train classes {classes}")
+    resize = _eval_transform(image_size)
+
+    def decode(tree: Any, tag: str) -> TensorImageDataset:
+        images = [np.asarray(resize(tree.loader(path).convert("RGB")), dtype=np.uint8) for path, _ in tree.samples]
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        y = torch.tensor([label for _, label in tree.samples], dtype=torch.int64)
+        return TensorImageDataset(x, y, len(classes), IMAGENET_MEAN, IMAGENET_STD, name=f"{root.name}-{tag}")
+
+    return decode(train_tree, "train"), decode(val_tree, "val")
+
+
+class _IndexedFolder(torch.utils.data.Dataset):
+    def __init__(self, tree: Any, transform: Any, indices: torch.Tensor | None = None) -> None:
+        self.tree, self.transform = tree, transform
+        self.indices = indices if indices is not None else torch.arange(len(tree.samples))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        path, label = self.tree.samples[int(self.indices[position])]
+        return self.transform(self.tree.loader(path).convert("RGB")), label, position
+
+
+class StreamingImageFolder:
+    """A large image folder read through worker processes with the standard ImageNet transforms
+    (train: RandomResizedCrop + flip; otherwise resize + centre crop). Same ``batches`` API as
+    ``TensorImageDataset``; ``Batch.index`` is the position in this dataset."""
+
+    def __init__(self, root: Path, image_size: int, train: bool, workers: int | None = None,
+                 indices: torch.Tensor | None = None) -> None:
+        from torchvision.datasets import ImageFolder
+
+        self.root, self.image_size, self.train = Path(root), image_size, train
+        self.tree = ImageFolder(str(root))
+        self.indices = indices if indices is not None else torch.arange(len(self.tree.samples))
+        self.labels = torch.tensor([self.tree.samples[int(i)][1] for i in self.indices], dtype=torch.int64)
+        self.num_classes = len(self.tree.classes)
+        self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, self.root.name
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    def subset(self, indices: torch.Tensor, name: str | None = None) -> "StreamingImageFolder":
+        return StreamingImageFolder(self.root, self.image_size, self.train, self.workers, self.indices[indices])
+
+    def _transform(self, augment: bool) -> Any:
+        from torchvision import transforms
+
+        head = ([transforms.RandomResizedCrop(self.image_size), transforms.RandomHorizontalFlip()]
+                if augment else [_eval_transform(self.image_size)])
+        return transforms.Compose(head + [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Iterator[Batch]:
+        if (shuffle or augment) and generator is None:
+            raise ValueError("shuffle/augment need an explicit torch.Generator (reproducibility)")
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
+        loader = torch.utils.data.DataLoader(
+            _IndexedFolder(self.tree, self._transform(augment), self.indices), batch_size=batch_size,
+            shuffle=shuffle, num_workers=self.workers, pin_memory=str(device).startswith("cuda"),
+            generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+        )
+        for x, y, index in loader:
+            yield Batch(x.to(device, non_blocking=True), y.to(device), index.to(device))

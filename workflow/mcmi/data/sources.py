@@ -1,0 +1,147 @@
+"""Where datasets come from: CIFAR-10/100 (python pickles), image folders, scikit-learn's digits.
+
+``load_dataset(spec)`` returns ``(train, test)`` for a spec such as
+``{"name": "cifar100", "root": "data/", "download": false}``. A missing dataset is an error that
+says how to provide it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mcmi.data.tensors import TensorImageDataset
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+_CIFAR_LAYOUT = {
+    # name: (folder, train files, test files, label key, num classes, torchvision class name)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10,
+                "CIFAR10"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, "CIFAR100"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's dicts of numpy arrays and nothing else: no arbitrary code runs."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as handle:
+        entry = _ArrayOnlyUnpickler(handle, encoding="latin1").load()
+    if "data" not in entry or label_key not in entry:
+        raise ValueError(f"{path}: not a CIFAR batch file (keys {sorted(entry)})")
+    images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return images, np.asarray(entry[label_key], dtype=np.int64)
+
+
+def load_cifar(name: str, root: str | Path, download: bool = False) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """CIFAR-10/100 from ``root`` (the folder holding cifar-10-batches-py/ or cifar-100-python/).
+
+    With ``download`` torchvision fetches and verifies the archive first (needs network)."""
+    folder, train_files, test_files, label_key, num_classes, tv_name = _CIFAR_LAYOUT[name]
+    root = Path(root)
+    if download:
+        import torchvision
+
+        getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
+    base = root / folder
+    missing = [f for f in train_files + test_files if not (base / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{name}: files {missing} not found under {base}. Put the extracted python version of "
+            f"the dataset there (e.g. {folder}/ from the official archive), or set the dataset's "
+            f"'download: true' in the config on a machine with network access."
+        )
+    mean, std = CIFAR_STATS[name]
+
+    def split(files: list[str], tag: str) -> TensorImageDataset:
+        parts = [_read_cifar_batch(base / f, label_key) for f in files]
+        images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+        labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        return TensorImageDataset(images, labels, num_classes, mean, std, name=f"{name}-{tag}")
+
+    return split(train_files, "train"), split(test_files, "test")
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float() / 255.0
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+
+
+def load_digits(image_size: int = 32, test_fraction: float = 0.2, split_seed: int = 0
+                ) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """scikit-learn's 8x8 handwritten digits (ships inside the package: works offline), upsampled to
+    ``image_size`` x ``image_size`` x 3 so CIFAR models run on it. Stratified, seeded split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0            # (N, 1, 8, 8) in [0, 1]
+    x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    labels = torch.from_numpy(bunch.target).long()
+    gen = torch.Generator().manual_seed(split_seed)
+    test_mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(10):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        test_mask[idx[: int(round(test_fraction * len(idx)))]] = True
+    mean, std = _channel_stats(images[~test_mask])
+    train = TensorImageDataset(images[~test_mask], labels[~test_mask], 10, mean, std, name="digits-train")
+    test = TensorImageDataset(images[test_mask], labels[test_mask], 10, mean, std, name="digits-test")
+    return train, test
+
+
+def load_image_folder(root: str | Path, image_size: int, in_memory: bool = True,
+                      ) -> tuple[Any, Any]:
+    """An ImageNet-style tree ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``.
+
+    Small trees are decoded once into tensors (resized to ``image_size``); large ones (ImageNet)
+    stream through torchvision's ImageFolder with the standard ImageNet transforms."""
+    from mcmi.data.folder import StreamingImageFolder, read_image_folder
+
+    root = Path(root)
+    for part in ("train", "val"):
+        if not (root / part).is_dir():
+            raise FileNotFoundError(
+                f"image folder dataset: {root / part} does not exist; expected {root}/train/<class>/* and "
+                f"{root}/val/<class>/* (the ImageNet layout torchvision's ImageFolder reads)"
+            )
+    if in_memory:
+        return read_image_folder(root, image_size)
+    return StreamingImageFolder(root / "train", image_size, train=True), \
+        StreamingImageFolder(root / "val", image_size, train=False)
+
+
+_LOADERS: dict[str, Callable[[dict[str, Any]], tuple[Any, Any]]] = {
+    "cifar10": lambda s: load_cifar("cifar10", s.get("root", "data"), s.get("download", False)),
+    "cifar100": lambda s: load_cifar("cifar100", s.get("root", "data"), s.get("download", False)),
+    "digits": lambda s: load_digits(s.get("image_size", 32)),
+    "imagefolder": lambda s: load_image_folder(s["root"], s.get("image_size", 224), s.get("in_memory", True)),
+}
+DATASET_KINDS = tuple(_LOADERS)
+
+
+def load_dataset(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """Load ``(train, test)`` for a dataset spec; ``spec['kind']`` picks the loader."""
+    kind = spec.get("kind")
+    if kind not in _LOADERS:
+        raise ValueError(f"dataset kind {kind!r} unknown; expected one of {list(_LOADERS)}")
+    return _LOADERS[kind](spec)

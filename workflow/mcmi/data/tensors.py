@@ -1,0 +1,88 @@
+"""Image datasets held as uint8 tensors, augmented batch-wise on the device (airbench style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import torch
+
+from mcmi.data.batch import Batch
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Per-sample random crop (zero padding ``padding``) and horizontal flip of a (B, C, H, W) batch.
+
+    Equivalent to torchvision's RandomCrop(size, padding) + RandomHorizontalFlip applied image by
+    image before normalisation, but done for the whole batch at once."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+    rows = dy[:, None] + torch.arange(h, device=images.device)[None, :]            # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=images.device)[None, :]            # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch_idx = torch.arange(b, device=images.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch_idx, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+@dataclass
+class TensorImageDataset:
+    """A whole image dataset in memory.
+
+    images: (N, C, H, W) uint8; labels: (N,) int64. ``Batch.index`` is the position in this dataset."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"{self.name}: images must be a (N, C, H, W) uint8 tensor, got "
+                             f"{tuple(self.images.shape)} {self.images.dtype}")
+        if self.labels.shape[0] != self.images.shape[0]:
+            raise ValueError(f"{self.name}: {self.images.shape[0]} images but {self.labels.shape[0]} labels")
+        self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, indices: torch.Tensor, name: str | None = None) -> "TensorImageDataset":
+        """The samples at ``indices`` (positions are renumbered from 0)."""
+        return replace(self, images=self.images[indices], labels=self.labels[indices],
+                       name=name or f"{self.name}[subset]")
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Iterator[Batch]:
+        """Yield normalised batches; shuffling and augmentation draw from ``generator`` only."""
+        if (shuffle or augment) and generator is None:
+            raise ValueError("shuffle/augment need an explicit torch.Generator (reproducibility)")
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            index = order[start:start + batch_size]
+            x = self.images[index].to(device, non_blocking=True)
+            if augment:
+                x = random_crop_flip(x, generator)
+            yield Batch(self.normalise(x), self.labels[index].to(device), index.to(device))

@@ -1,0 +1,29 @@
+"""Small helpers shared by more than one distillation method."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def tempered_kl(log_p_student: torch.Tensor, p_teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p_teacher || p_student) summed over the last axis, averaged over the batch, times T².
+
+    Used by KD (full softened distributions) and DKD (binary and non-target distributions); the
+    T² factor keeps gradient magnitudes comparable across temperatures (Hinton et al., 2015).
+    """
+    kl = F.kl_div(log_p_student, p_teacher, reduction="sum") / log_p_student.shape[0]
+    return kl * temperature**2
+
+
+def pool_to_smaller(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive-average-pool whichever of two maps is spatially larger to the other's size.
+
+    Used by AT and VID, as RepDistiller does, when student and teacher maps differ in size.
+    """
+    s_size, t_size = tuple(f_s.shape[2:]), tuple(f_t.shape[2:])
+    if s_size == t_size:
+        return f_s, f_t
+    if f_s.shape[2] > f_t.shape[2]:
+        return F.adaptive_avg_pool2d(f_s, t_size), f_t
+    return f_s, F.adaptive_avg_pool2d(f_t, s_size)

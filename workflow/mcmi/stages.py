@@ -1,0 +1,204 @@
+"""One function per pipeline stage. Each takes a job spec (a plain dict the workflow builds from the
+validated config), checks everything it can before any training starts, runs, and writes its
+checkpoint and metrics JSON atomically.
+
+Common spec keys: ``dataset`` (a dataset spec for ``load_dataset``), ``seed``, ``device``
+("auto"), ``out_metrics``, ``out_model`` (where a stage produces a model), ``resume`` (a resumable
+checkpoint path outside the declared outputs), ``run`` (the identity of the cell in the tables).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mcmi.cmi import class_centroids, collect_probs
+from mcmi.data.sources import load_dataset
+from mcmi.data.subsets import student_train_set
+from mcmi.distill import Distillation, PairContext, build_method
+from mcmi.models import create_model, load_repdistiller_checkpoint
+from mcmi.models.base import probe_shapes
+from mcmi.objectives import CrossEntropy, MCMIObjective
+from mcmi.provenance import now, provenance, save_torch_atomic, write_json_atomic
+from mcmi.train import Recipe, evaluate, fit, measure_cmi, pick_device, seed_everything
+
+StageFn = Callable[[dict[str, Any]], dict[str, Any]]
+STAGES: dict[str, StageFn] = {}
+
+
+def stage(name: str) -> Callable[[StageFn], StageFn]:
+    def add(fn: StageFn) -> StageFn:
+        STAGES[name] = fn
+        return fn
+    return add
+
+
+def _require(spec: dict[str, Any], *keys: str) -> None:
+    missing = [k for k in keys if k not in spec]
+    if missing:
+        raise ValueError(f"job spec for stage {spec.get('stage')!r} lacks key(s) {missing}")
+
+
+def _load_model(name: str, num_classes: int, checkpoint: str | None = None) -> torch.nn.Module:
+    model = create_model(name, num_classes)
+    if checkpoint:
+        load_repdistiller_checkpoint(model, checkpoint)
+    return model
+
+
+def _save_model(path: str, model: torch.nn.Module, name: str, epoch: int, accuracy: float) -> None:
+    """Our checkpoints use RepDistiller's layout so other codebases read them too."""
+    save_torch_atomic(path, {"model": model.state_dict(), "epoch": epoch, "accuracy": accuracy, "arch": name})
+
+
+def _finish(spec: dict[str, Any], run_stage: str, final: dict[str, Any], history: list[dict[str, Any]],
+            device: torch.device, extra_run: dict[str, Any] | None = None) -> dict[str, Any]:
+    prov = provenance(spec, spec.get("seed"), device)
+    prov["finished"] = now()
+    metrics = {"run": {"stage": run_stage, **spec.get("run", {}), **(extra_run or {})},
+               "final": final, "history": history, "provenance": prov}
+    write_json_atomic(spec["out_metrics"], metrics)
+    return metrics
+
+
+def _final_from_history(history: list[dict[str, Any]]) -> dict[str, Any]:
+    last = history[-1]
+    return {"test_acc": last["test_acc"], "test_top5": last["test_top5"], "test_loss": last["test_loss"],
+            "best_test_acc": max(h["test_acc"] for h in history), "epochs": last["epoch"]}
+
+
+def _setup(spec: dict[str, Any]) -> tuple[torch.device, Any, Any]:
+    _require(spec, "dataset", "seed", "out_metrics")
+    device = pick_device(spec.get("device"))
+    seed_everything(int(spec["seed"]))
+    train, test = load_dataset(spec["dataset"])
+    return device, train, test
+
+
+@stage("teacher")
+def train_teacher(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train a model with cross-entropy (the MLL teacher; also the early-stopped teacher)."""
+    _require(spec, "model", "recipe", "out_model")
+    recipe = Recipe(**spec["recipe"])
+    device, train, test = _setup(spec)
+    model = _load_model(spec["model"], train.num_classes)
+    history = fit(model, CrossEntropy(), train, test, recipe, seed=int(spec["seed"]), device=device,
+                  resume_path=spec.get("resume"), cmi_every=int(spec.get("cmi_every", 0)),
+                  stop_after_epoch=spec.get("stop_after_epoch"), label=f"teacher {spec['model']}")
+    final = _final_from_history(history)
+    _save_model(spec["out_model"], model, spec["model"], final["epochs"], final["test_acc"])
+    return _finish(spec, "teacher", final, history, device)
+
+
+@stage("import")
+def import_teacher(spec: dict[str, Any]) -> dict[str, Any]:
+    """Take a pretrained checkpoint in RepDistiller format instead of training (strict load)."""
+    _require(spec, "model", "checkpoint", "out_model")
+    device, _, test = _setup(spec)
+    model = _load_model(spec["model"], test.num_classes, spec["checkpoint"]).to(device)
+    evaluation = evaluate(model, test, 256, device)
+    _save_model(spec["out_model"], model, spec["model"], 0, evaluation["acc"])
+    final = {"test_acc": evaluation["acc"], "test_top5": evaluation["top5"], "source": str(spec["checkpoint"])}
+    return _finish(spec, "teacher", final, [], device)
+
+
+@torch.no_grad()
+def compute_centroids(model: torch.nn.Module, train: Any, batch_size: int, device: torch.device,
+                      mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Q_y of ``model`` on the training set. ``mode`` 'eval': eval mode, no augmentation (the paper's
+    reading); 'train_augmented': train mode with augmentation, as the authors' code (BatchNorm running
+    statistics are updated as a side effect there)."""
+    if mode not in ("eval", "train_augmented"):
+        raise ValueError(f"mcmi centroid_pass must be 'eval' or 'train_augmented', got {mode!r}")
+    augmented = mode == "train_augmented"
+    model.train(augmented)
+    batches = train.batches(batch_size, shuffle=augmented, augment=augmented,
+                            generator=generator if augmented else None, device=device)
+    probs, labels = collect_probs(model, batches)
+    return class_centroids(probs, labels, train.num_classes)
+
+
+@stage("mcmi")
+def finetune_mcmi(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune a trained teacher to maximise LL + lambda * CMI with the centroids fixed."""
+    _require(spec, "model", "teacher_checkpoint", "lam", "recipe", "out_model")
+    lam = float(spec["lam"])
+    if lam < 0:
+        raise ValueError(f"mcmi lambda must be >= 0, got {lam}")
+    recipe = Recipe(**spec["recipe"])
+    device, train, test = _setup(spec)
+    model = _load_model(spec["model"], train.num_classes, spec["teacher_checkpoint"]).to(device)
+    centroids = compute_centroids(model, train, recipe.batch_size, device, spec.get("centroid_pass", "eval"),
+                                  torch.Generator().manual_seed(int(spec["seed"]) + 10_000))
+    history = fit(model, MCMIObjective(centroids, lam), train, test, recipe, seed=int(spec["seed"]),
+                  device=device, resume_path=spec.get("resume"), cmi_every=int(spec.get("cmi_every", 0)),
+                  label=f"mcmi {spec['model']} lambda={lam}")
+    final = _final_from_history(history)
+    _save_model(spec["out_model"], model, spec["model"], final["epochs"], final["test_acc"])
+    return _finish(spec, "mcmi", final, history, device, {"lam": lam})
+
+
+@stage("measure")
+def measure_teacher(spec: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy on the test set and CMI/LL over the training set (eval mode, no augmentation) at T."""
+    _require(spec, "model", "checkpoint")
+    device, train, test = _setup(spec)
+    model = _load_model(spec["model"], train.num_classes, spec["checkpoint"]).to(device)
+    temperature = float(spec.get("temperature", 1.0))
+    evaluation = evaluate(model, test, 256, device)
+    cmi = measure_cmi(model, train, 256, device, temperature)
+    final = {"test_acc": evaluation["acc"], "test_top5": evaluation["top5"], "test_loss": evaluation["loss"],
+             "train_cmi": cmi["cmi"], "train_ll": cmi["ll"], "temperature": temperature}
+    return _finish(spec, "measure", final, [], device, {"temperature": temperature})
+
+
+@torch.no_grad()
+def confusion_matrix(model: torch.nn.Module, data: Any, device: torch.device) -> list[list[int]]:
+    model.eval()
+    c = data.num_classes
+    counts = torch.zeros(c * c, dtype=torch.int64)
+    for batch in data.batches(256, device=device):
+        pred = model(batch.x).argmax(dim=1).cpu()
+        counts += torch.bincount(batch.y.cpu() * c + pred, minlength=c * c)
+    return counts.view(c, c).tolist()
+
+
+@stage("student")
+def train_student(spec: dict[str, Any]) -> dict[str, Any]:
+    """Distil a student from a frozen teacher with one method (``vanilla``: no teacher)."""
+    _require(spec, "student", "method", "recipe", "out_model")
+    recipe = Recipe(**spec["recipe"])
+    device, full_train, test = _setup(spec)
+    train = student_train_set(full_train, spec)
+    student = _load_model(spec["student"], full_train.num_classes)
+    teacher_name = spec.get("teacher") or spec["student"]
+    teacher = _load_model(teacher_name, full_train.num_classes, spec.get("teacher_checkpoint"))
+    ctx = PairContext(
+        student=probe_shapes(student, train.input_shape), teacher=probe_shapes(teacher, train.input_shape),
+        num_classes=full_train.num_classes, num_train=len(train), train_labels=train.labels,
+        epochs=recipe.epochs, input_shape=train.input_shape, student_name=spec["student"],
+        teacher_name=teacher_name, extra=dict(spec.get("extra", {})),
+    )
+    method = build_method(spec["method"], ctx, spec.get("hparams"))
+    history = fit(student, Distillation(method, teacher), train, test, recipe, seed=int(spec["seed"]),
+                  device=device, resume_path=spec.get("resume"),
+                  label=f"student {spec['student']} <- {spec.get('teacher', '-')} [{spec['method']}]")
+    final = _final_from_history(history)
+    final["method_hparams"] = method.hparams
+    final["train_size"] = len(train)
+    if spec.get("zero_shot"):
+        final["confusion"] = confusion_matrix(student, test, device)
+    _save_model(spec["out_model"], student, spec["student"], final["epochs"], final["test_acc"])
+    extra_run = {"removed_classes": spec["zero_shot"]["removed_classes"]} if spec.get("zero_shot") else None
+    return _finish(spec, "student", final, history, device, extra_run)
+
+
+def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the stage named in ``spec['stage']``."""
+    name = spec.get("stage")
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; known: {sorted(STAGES)}")
+    Path(spec["out_metrics"]).parent.mkdir(parents=True, exist_ok=True)
+    return STAGES[name](spec)
