@@ -42,6 +42,8 @@ from pathlib import Path
 APT_PACKAGES = ["slurm-wlm", "munge"]
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "sinfo", "squeue", "scontrol", "srun")
+# client commands that get a SLURM_CONF-setting wrapper in <scratch>/bin
+WRAPPED = CLIENTS + ("scancel", "sacct", "sacctmgr", "sshare", "salloc", "sstat")
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 
@@ -139,6 +141,7 @@ class LocalSlurm:
         self.etc = self.root / "etc"
         self.run = self.root / "run"
         self.log = self.root / "log"
+        self.bindir = self.root / "bin"
         self.conf = self.etc / "slurm.conf"
         self.munge_socket = self.run / "munge.socket"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -203,19 +206,40 @@ NodeName={self.host} NodeAddr=127.0.0.1 {node_hw} Gres=gpu:{self.gpus} State=UNK
 PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 """
         self.conf.write_text(conf)
-        (self.etc / "gres.conf").write_text(
-            "# fake GPUs: schedulable GRES, no device behind them\n"
-            + "".join(f"NodeName={self.host} Name=gpu File=/dev/null\n" for _ in range(1))
-            if self.gpus == 1
-            else f"NodeName={self.host} Name=gpu Count={self.gpus}\n"
-        )
-        (self.etc / "cgroup.conf").write_text("CgroupPlugin=disabled\n") if False else None
+        self.write_wrappers()
+        # fake GPUs: a schedulable `gpu` GRES; /dev/null stands in for the device
+        gres = "".join(f"NodeName={self.host} Name=gpu File=/dev/null\n" for _ in range(self.gpus))
+        if self.gpus > 1:  # one File per GPU would need distinct device paths
+            gres = f"NodeName={self.host} Name=gpu Count={self.gpus}\n"
+        (self.etc / "gres.conf").write_text(gres)
+
+    def write_wrappers(self) -> None:
+        """<scratch>/bin/{srun,sbatch,...}: exec the real client with our SLURM_CONF.
+
+        A real cluster keeps slurm.conf where clients find it by default
+        (/etc/slurm, or configless via slurmd).  Ours lives in the scratch dir,
+        and SLURM_CONF alone is not enough: inside a job the slurm-jobstep
+        plugin strips every SLURM_* variable (SLURM_CONF included) before its
+        nested `srun`, which then fails with "Could not establish a
+        configuration source".  These wrappers, first on PATH, emulate the
+        default location without touching /etc.
+        """
+        self.bindir.mkdir(parents=True, exist_ok=True)
+        for name in WRAPPED:
+            real = which(name)
+            if real is None:
+                continue
+            w = self.bindir / name
+            w.write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf}"; export SLURM_CONF\nexec "{real}" "$@"\n')
+            os.chmod(w, 0o755)
 
     def env(self, base: dict | None = None) -> dict[str, str]:
+        """Environment for talking to this cluster: wrappers first on PATH + SLURM_CONF."""
         env = dict(os.environ if base is None else base)
         env["SLURM_CONF"] = str(self.conf)
-        sbin = [d for d in SBIN_DIRS if d not in env.get("PATH", "").split(os.pathsep)]
-        env["PATH"] = os.pathsep.join([env.get("PATH", "")] + sbin)
+        path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != str(self.bindir)]
+        path += [d for d in SBIN_DIRS if d not in path]
+        env["PATH"] = os.pathsep.join([str(self.bindir)] + path)
         return env
 
     # -- daemons -----------------------------------------------------------
@@ -297,7 +321,7 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
         """SIGTERM each daemon by PID (slurmd, slurmctld, then munged), SIGKILL stragglers."""
         roots = self.daemon_pids()
         tree = descendants(roots)  # slurmstepd / job processes hanging off slurmd
-        order = [n for n in ("slurmd", "slurmctld", "munged")]
+        order = ("slurmd", "slurmctld", "munged")
         by_name = dict(self.procs) if self.procs else {}
         if not by_name and self.pids_file.exists():
             by_name = {n: pid for n, pid in json.loads(self.pids_file.read_text()).items()}
@@ -317,7 +341,6 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
             rest = {p for p in rest if pid_alive(p)}
         for p in rest:
             _signal(p, signal.SIGKILL)
-        self.procs_stopped = roots
 
     @staticmethod
     def _terminate(pid: int, popen: subprocess.Popen | None, timeout: float) -> None:

@@ -2,6 +2,7 @@
 
     mcmi stage --spec SPEC            run one stage (teacher, import, mcmi, measure, student, ...)
     mcmi select-lambda ...            pick lambda* from students' metrics
+    mcmi adopt-teacher ...            make the lambda* grid teacher the MCMI teacher
     mcmi table N --out PREFIX M...    aggregate metrics files into table N
     mcmi figure N --out PREFIX M...   aggregate metrics files into figure N
 
@@ -48,6 +49,12 @@ def _cmd_select_lambda(args: argparse.Namespace) -> None:
     select_lambda(args.metrics, args.out, teacher=args.teacher, dataset=args.dataset)
 
 
+def _cmd_adopt_teacher(args: argparse.Namespace) -> None:
+    from mcmi.selection import adopt_teacher
+
+    adopt_teacher(args.template, args.out_model, args.out_metrics, selection=args.selection, lam=args.lam)
+
+
 def _cmd_table(args: argparse.Namespace) -> None:
     from mcmi.tables import make_table
 
@@ -79,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("metrics", nargs="+")
     p.set_defaults(func=_cmd_select_lambda)
+
+    p = sub.add_parser("adopt-teacher", help="make the lambda* grid teacher the MCMI teacher")
+    p.add_argument("--template", required=True, help="grid teacher folder with '{lam}' in it")
+    choice = p.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--selection", help="lambda_star.json written by select-lambda")
+    choice.add_argument("--lam", type=float, help="a fixed lambda* (the paper's)")
+    p.add_argument("--out-model", required=True)
+    p.add_argument("--out-metrics", required=True)
+    p.set_defaults(func=_cmd_adopt_teacher)
 
     for name, func in (("table", _cmd_table), ("figure", _cmd_figure)):
         p = sub.add_parser(name, help=f"aggregate metrics files into a {name}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from statistics import mean
 from typing import Sequence
 
 from mcmi.provenance import now, versions, write_json_atomic
+from mcmi.workflow_config import lam_str
 
 
 def select_lambda(metrics_paths: Sequence[str], out_path: str, *, teacher: str, dataset: str) -> dict:
@@ -36,3 +38,25 @@ def select_lambda(metrics_paths: Sequence[str], out_path: str, *, teacher: str, 
     }
     write_json_atomic(out_path, result)
     return result
+
+
+def adopt_teacher(template: str, out_model: str, out_metrics: str, *, selection: str | None = None,
+                  lam: float | None = None) -> float:
+    """Copy the grid teacher at lambda* (from ``selection`` or the given ``lam``) to the MCMI teacher's
+    paths; its metrics say which lambda was adopted and why."""
+    if selection is not None:
+        with open(selection) as handle:
+            lam = float(json.load(handle)["final"]["lambda_star"])
+    if lam is None:
+        raise ValueError("adopt-teacher needs a selection file or a lambda")
+    source = template.replace("{lam}", lam_str(lam))
+    with open(f"{source}/metrics.json") as handle:
+        metrics = json.load(handle)
+    metrics["run"].update(variant="MCMI", lam=lam)
+    metrics["adopted"] = {"from": source, "lambda_star": lam, "by": "selection" if selection else "paper value",
+                          "selection_file": selection}
+    tmp = f"{out_model}.tmp"
+    shutil.copyfile(f"{source}/model.pt", tmp)
+    shutil.move(tmp, out_model)
+    write_json_atomic(out_metrics, metrics)
+    return lam

@@ -202,3 +202,28 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown stage {name!r}; known: {sorted(STAGES)}")
     Path(spec["out_metrics"]).parent.mkdir(parents=True, exist_ok=True)
     return STAGES[name](spec)
+
+
+@stage("prepare_data")
+def prepare_data(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make the dataset available (download or generate where configured), load it once, and record
+    its sizes: every training job on it depends on this."""
+    from mcmi.data.sources import write_demo_image_folder
+
+    _require(spec, "dataset", "out_metrics")
+    ds = spec["dataset"]
+    if ds["kind"] == "demo_imagefolder":
+        write_demo_image_folder(ds["root"], ds.get("per_class", 20), image_size=ds.get("image_size", 32))
+    train, test = load_dataset(ds)
+    final = {"train_size": len(train), "test_size": len(test), "num_classes": train.num_classes,
+             "input_shape": list(train.input_shape)}
+    return _finish(spec, "prepare_data", final, [], torch.device("cpu"))
+
+
+@stage("synthetic")
+def synthetic(spec: dict[str, Any]) -> dict[str, Any]:
+    """The synthetic Gaussian task at one delta_mu (Table 5)."""
+    from mcmi.synthetic import run_synthetic
+
+    _require(spec, "synthetic", "delta_mu", "out_metrics")
+    return run_synthetic(spec["synthetic"], float(spec["delta_mu"]), spec["out_metrics"])

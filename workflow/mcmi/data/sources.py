@@ -135,6 +135,7 @@ _LOADERS: dict[str, Callable[[dict[str, Any]], tuple[Any, Any]]] = {
     "cifar100": lambda s: load_cifar("cifar100", s.get("root", "data"), s.get("download", False)),
     "digits": lambda s: load_digits(s.get("image_size", 32)),
     "imagefolder": lambda s: load_image_folder(s["root"], s.get("image_size", 224), s.get("in_memory", True)),
+    "demo_imagefolder": lambda s: load_image_folder(s["root"], s.get("image_size", 32), True),
 }
 DATASET_KINDS = tuple(_LOADERS)
 
@@ -144,4 +145,28 @@ def load_dataset(spec: dict[str, Any]) -> tuple[Any, Any]:
     kind = spec.get("kind")
     if kind not in _LOADERS:
         raise ValueError(f"dataset kind {kind!r} unknown; expected one of {list(_LOADERS)}")
-    return _LOADERS[kind](spec)
+    train, test = _LOADERS[kind](spec)
+    if spec.get("max_train") and spec["max_train"] < len(train):
+        train = train.subset(torch.arange(spec["max_train"]), name=train.name)
+    if spec.get("max_test") and spec["max_test"] < len(test):
+        test = test.subset(torch.arange(spec["max_test"]), name=test.name)
+    return train, test
+
+
+def write_demo_image_folder(root: str | Path, per_class: int = 20, classes: int = 10, image_size: int = 32) -> Path:
+    """A tiny ImageNet-layout tree (root/{train,val}/<class>/*.png) made from scikit-learn's digits,
+    so the ImageNet code path (Tables 2 and 4) runs offline. Idempotent."""
+    from PIL import Image
+
+    root = Path(root)
+    train, test = load_digits(image_size)
+    for split, data in (("train", train), ("val", test)):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            idx = (data.labels == c).nonzero().flatten()[:per_class]
+            for k, i in enumerate(idx.tolist()):
+                path = folder / f"{split}_{c}_{k}.png"
+                if not path.exists():
+                    Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(path)
+    return root

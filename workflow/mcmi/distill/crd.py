@@ -101,9 +101,14 @@ class CRD(DistillMethod):
         return torch.cat([index.unsqueeze(1), negatives], dim=1)
 
     def _scores(self, memory: torch.Tensor, rows: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        """exp(memory[rows] · anchor / τ) for every sample: (B, 1 + K)."""
-        weights = memory[rows].detach()  # (B, 1 + K, D)
-        return torch.exp(torch.bmm(weights, anchor.unsqueeze(2)).squeeze(2) / self.hparams["nce_t"])
+        """exp(memory[rows] · anchor / τ) for every sample: (B, 1 + K).
+
+        Scores every bank row against the B anchors with one (N, D)·(D, B) product and gathers the
+        sampled ones, which equals the reference's batched product of gathered rows without
+        materialising the (B, 1 + K, D) tensor.
+        """
+        dots = anchor @ memory.detach().T  # (B, N)
+        return torch.exp(dots.gather(1, rows) / self.hparams["nce_t"])
 
     @torch.no_grad()
     def _update_memory(self, memory: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> None:

@@ -1,0 +1,196 @@
+"""Yang et al. (2021), "Hierarchical Self-supervised Augmented Knowledge Distillation" (HSAKD)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcmi.data.batch import Batch
+from mcmi.distill._common import tempered_kl
+from mcmi.distill.base import DistillMethod, PairContext, register
+from mcmi.models.base import FeatureShapes, ZooModel
+from mcmi.objectives import Objective, StepOutput
+
+NUM_ROTATIONS = 4
+TEACHER_HEADS_KEY = "hsakd_teacher_heads"
+
+
+def rotate_batch(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (4B, C, H, W): each sample followed by its 90°, 180° and 270° rotations
+    (``torch.rot90`` over the spatial dims, k = 0..3), so rows 0::4 are the original samples."""
+    rotations = [torch.rot90(x, k, dims=(2, 3)) for k in range(NUM_ROTATIONS)]
+    return torch.stack(rotations, dim=1).reshape(-1, *x.shape[1:])
+
+
+def joint_labels(y: torch.Tensor) -> torch.Tensor:
+    """Joint (class, rotation) labels 4·y + k in the order of ``rotate_batch``."""
+    return (y.unsqueeze(1) * NUM_ROTATIONS + torch.arange(NUM_ROTATIONS, device=y.device)).reshape(-1)
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class AuxiliaryHeads(nn.Module):
+    """Self-supervised augmented classifiers on the last ``num_heads`` stages (after the stem).
+
+    Generic replacement for the reference's hand-written per-architecture ``Auxiliary_Classifier``:
+    the head on stage i stacks one 3×3 conv-BN-ReLU per later stage j, with stage j's channels and
+    stride max(1, round(H_{j-1} / H_j)) (2 where the map halves), so it ends at the final stage's
+    channels and size; the head on the final stage gets one stride-1 block of the final channels
+    (as the reference's last extractor). Then global average pooling and a linear layer to 4·C.
+    The reference uses the backbone's residual blocks (n per stage) instead of single conv blocks.
+    """
+
+    def __init__(self, shapes: FeatureShapes, num_classes: int, num_heads: int | None = None) -> None:
+        super().__init__()
+        stages = list(shapes.stages[1:])
+        if not stages:
+            raise ValueError("HSAKD needs at least one stage after the stem")
+        num_heads = len(stages) if num_heads is None else num_heads
+        if not 1 <= num_heads <= len(stages):
+            raise ValueError(f"HSAKD: {num_heads} heads requested for {len(stages)} stages")
+        self.first_stage = len(stages) - num_heads
+        final_channels = stages[-1][0]
+        self.heads = nn.ModuleList()
+        for i in range(self.first_stage, len(stages)):
+            blocks: list[nn.Module] = []
+            for prev, nxt in zip(stages[i:-1], stages[i + 1:]):
+                stride = max(1, round(prev[1] / nxt[1]))
+                blocks.append(_conv_bn_relu(prev[0], nxt[0], stride))
+            if i == len(stages) - 1:
+                blocks.append(_conv_bn_relu(final_channels, final_channels, 1))
+            blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(final_channels, NUM_ROTATIONS * num_classes)]
+            self.heads.append(nn.Sequential(*blocks))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``stages`` is the model's full ``Features.stages`` (stem first); one (N, 4·C) per head."""
+        maps = stages[1:][self.first_stage:]
+        return [head(f) for head, f in zip(self.heads, maps)]
+
+
+def save_teacher_heads(heads: AuxiliaryHeads, path: str | Path) -> None:
+    """Write the heads' state dict to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({k: v.detach().cpu() for k, v in heads.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_teacher_heads(path: str | Path, shapes: FeatureShapes, num_classes: int) -> AuxiliaryHeads:
+    """Build the teacher's heads from its shapes and load the state dict saved at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"HSAKD teacher heads file not found: {path}")
+    heads = AuxiliaryHeads(shapes, num_classes)
+    heads.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return heads
+
+
+class HSAKDTeacherHeads(Objective):
+    """Stage 1 of HSAKD: train the teacher's auxiliary heads on its frozen backbone.
+
+    L = Σ_heads CE(head(rotated batch), 4·y + k); the backbone runs in eval mode without gradient
+    (the reference's ``train_teacher_cifar.py --freezed``: backbone frozen and in eval mode, its
+    features detached). The logits returned are the backbone's on the unrotated samples.
+    """
+
+    def __init__(self, shapes: FeatureShapes, num_classes: int) -> None:
+        super().__init__()
+        self.heads = AuxiliaryHeads(shapes, num_classes)
+
+    def step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        model.eval()
+        with torch.no_grad():
+            features = model.extract(rotate_batch(batch.x))
+        labels = joint_labels(batch.y)
+        loss = torch.stack([F.cross_entropy(out, labels) for out in self.heads(features.stages)]).sum()
+        return StepOutput({"ce_heads": loss}, features.logits[0::NUM_ROTATIONS])
+
+    def describe(self) -> dict:
+        return {"objective": "HSAKD teacher heads", "num_heads": len(self.heads.heads)}
+
+
+@register
+class HSAKD(DistillMethod):
+    """Self-supervised augmented distillation over four rotations of every batch.
+
+    With x̃ the 4B rotated samples, the student's heads q_s and the teacher's (pre-trained, frozen)
+    heads q_t on matching stages, and T = 3:
+    L = ce_weight · CE(z_s(x)[unrotated], y)
+        + weight · (Σ_heads T² KL(q_t(x̃)/T || q_s(x̃)/T) + T² KL(z_t(x̃)/T || z_s(x̃)/T)).
+    The final-logit term is over all 4B rotated samples, as the reference does. Gradients flow
+    from the student's heads into its backbone (the reference's ``grad=True``).
+
+    Reference: winycg/HSAKD ``train_student_cifar.py`` (``DistillKL``: batch-mean KL times T²,
+    kd_T 3, all weights 1) and ``models/*`` (heads on every stage after the stem). Heads are
+    ``AuxiliaryHeads``; when the two models have different numbers of stages, the deepest stages
+    are paired. The teacher heads' file is ``ctx.extra["hsakd_teacher_heads"]``.
+    """
+
+    name: ClassVar[str] = "HSAKD"
+    defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0, "weight": 1.0, "T": 3.0}
+
+    def __init__(self, ctx: PairContext, **hparams: Any) -> None:
+        super().__init__(ctx, **hparams)
+        path = ctx.extra.get(TEACHER_HEADS_KEY)
+        if not path:
+            raise ValueError(
+                f"HSAKD needs the teacher's auxiliary heads: set PairContext.extra[{TEACHER_HEADS_KEY!r}] "
+                "to the file written by save_teacher_heads after training HSAKDTeacherHeads"
+            )
+        self.teacher_heads = load_teacher_heads(path, ctx.teacher, ctx.num_classes)
+        self.teacher_heads.requires_grad_(False)
+        self.teacher_heads.eval()
+        num_heads = min(len(ctx.student.stages), len(ctx.teacher.stages)) - 1
+        self.student_heads = AuxiliaryHeads(ctx.student, ctx.num_classes, num_heads)
+
+    def train(self, mode: bool = True) -> "HSAKD":
+        super().train(mode)
+        self.teacher_heads.eval()  # frozen, like the teacher itself
+        return self
+
+    def step(self, student: ZooModel, teacher: ZooModel, batch: Batch, epoch: int) -> StepOutput:
+        x = rotate_batch(batch.x)
+        s = student.extract(x)
+        with torch.no_grad():
+            t = teacher.extract(x)
+            t_heads = self.teacher_heads(t.stages)
+        s_heads = self.student_heads(s.stages)
+        t_heads = t_heads[len(t_heads) - len(s_heads):]
+        temperature = float(self.hparams["T"])
+
+        def kl(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+            return tempered_kl(
+                F.log_softmax(s_logits / temperature, dim=1), F.softmax(t_logits / temperature, dim=1), temperature
+            )
+
+        logits = s.logits[0::NUM_ROTATIONS]
+        weight = self.hparams["weight"]
+        terms = {
+            "ce": self.hparams["ce_weight"] * F.cross_entropy(logits, batch.y),
+            "kd_heads": weight * torch.stack([kl(sh, th) for sh, th in zip(s_heads, t_heads)]).sum(),
+            "kd_logits": weight * kl(s.logits, t.logits),
+        }
+        return StepOutput(terms=terms, logits=logits)

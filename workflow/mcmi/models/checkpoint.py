@@ -1,0 +1,38 @@
+"""Loading RepDistiller-format checkpoints (``{'model': state_dict, 'epoch': ..., ...}``)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_DATA_PARALLEL_PREFIX = "module."
+
+
+def load_repdistiller_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights into ``model`` strictly and return it.
+
+    Accepts a RepDistiller checkpoint (a dict whose ``'model'`` entry is the state dict) or a bare
+    state dict; a leading ``'module.'`` (DataParallel) is stripped from the keys. The file is read
+    with ``weights_only=True`` onto the CPU. Raises ``ValueError`` naming the file when it cannot
+    be read as such or its keys or shapes do not match the model.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint: {error}") from error
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(value, torch.Tensor) for value in state_dict.values()
+    ):
+        raise ValueError(f"{path}: holds neither a state dict nor a dict with one under 'model'")
+    state_dict = {key.removeprefix(_DATA_PARALLEL_PREFIX): value for key, value in state_dict.items()}
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not match {type(model).__name__}: {error}") from error
+    return model

@@ -1,0 +1,43 @@
+"""The registry of model names: ``create_model(name, num_classes)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mcmi.models import imagenet, mobilenetv2, resnet, resnet_bottleneck, shufflenetv1, shufflenetv2, vgg, wrn
+from mcmi.models.base import ZooModel
+
+_CIFAR_BUILDERS: dict[str, Callable[..., ZooModel]] = {
+    **resnet.BUILDERS,
+    **wrn.BUILDERS,
+    **vgg.BUILDERS,
+    **mobilenetv2.BUILDERS,
+    **shufflenetv1.BUILDERS,
+    **shufflenetv2.BUILDERS,
+    **resnet_bottleneck.BUILDERS,
+}
+_IMAGENET_BUILDERS: dict[str, Callable[..., ZooModel]] = dict(imagenet.BUILDERS)
+_BUILDERS = {**_CIFAR_BUILDERS, **_IMAGENET_BUILDERS}
+
+CIFAR_MODEL_NAMES: tuple[str, ...] = tuple(_CIFAR_BUILDERS)
+IMAGENET_MODEL_NAMES: tuple[str, ...] = tuple(_IMAGENET_BUILDERS)
+MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def _check_name(name: str) -> None:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+
+
+def create_model(name: str, num_classes: int) -> ZooModel:
+    """Build the named model (freshly initialised) with a ``num_classes``-way classifier."""
+    _check_name(name)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    return _BUILDERS[name](num_classes=num_classes)
+
+
+def is_imagenet_model(name: str) -> bool:
+    """True for torchvision's ImageNet models (any input >= 32 px); False for the 32x32 CIFAR zoo."""
+    _check_name(name)
+    return name in _IMAGENET_BUILDERS

@@ -1,0 +1,42 @@
+# Helpers shared by every rule: config validation, names, paths, job specs and per-target inputs.
+import json
+import os
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+from mcmi.workflow_config import WorkflowConfig  # noqa: E402  (after validation on purpose)
+
+W = WorkflowConfig(config, repo=Path(workflow.basedir))
+R = W.results
+
+wildcard_constraints:
+    dataset="[a-z0-9_]+",
+    teacher="[A-Za-z0-9_]+",
+    student="[A-Za-z0-9_]+",
+    model="[A-Za-z0-9_]+",
+    method="[A-Za-z+]+",
+    variant="MLL|MCMI|MCMI_lam[0-9.]+|ES[0-9]+",
+    setting="full|fs[0-9.]+|T[0-9.]+|zs",
+    seed="[0-9]+",
+    lam="[0-9.]+",
+    temp="[0-9.]+",
+    epochs="[0-9]+",
+    dmu="[0-9.]+",
+    n="[0-9]+",
+
+
+def stage_command(spec_param="spec"):
+    """The shell line of a training/measuring job: the stage gets its whole job spec as JSON."""
+    return "python -m mcmi stage --spec {params.%s:q} > {log} 2>&1" % spec_param
+
+
+def train_resources(kind):
+    """threads/mem/runtime/gpu for a training job of this kind (teacher, mcmi, student, measure)."""
+    return dict(
+        mem_mb=lambda wc: W.mem_mb(wc.dataset),
+        runtime=lambda wc: W.runtime_minutes(kind, wc),
+        gpu=lambda wc: W.gpus_per_job,
+    )

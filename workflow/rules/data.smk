@@ -1,0 +1,15 @@
+# Stage: data. Checks (and where configured downloads or generates) each dataset once, before any
+# training job that needs it; a missing dataset fails here with the config key to fix.
+
+
+rule prepare_data:
+    output:
+        R + "/data/{dataset}.json",
+    params:
+        spec=lambda wc, output: json.dumps(W.data_spec(wc.dataset, output[0])),
+    log:
+        R + "/logs/data/{dataset}.log",
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()

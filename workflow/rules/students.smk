@@ -1,0 +1,43 @@
+# Stage: students. One job per (pair, method, teacher variant, setting, seed); setting is
+# "full", "fs<alpha>" (few-shot), "T<temperature>" (KD at that temperature) or "zs" (zero-shot).
+
+
+rule student:
+    input:
+        unpack(lambda wc: W.student_inputs(wc)),
+    output:
+        metrics=R + "/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/metrics.json",
+        model=R + "/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/model.pt",
+    params:
+        spec=lambda wc, output: json.dumps(
+            W.student_spec(wc.dataset, wc.teacher, wc.student, wc.method, wc.variant, wc.setting, wc.seed,
+                           output.metrics)
+        ),
+    log:
+        R + "/logs/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}.log",
+    threads: W.threads
+    resources:
+        **train_resources("student"),
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()
+
+
+rule student_vanilla:
+    input:
+        ready=R + "/data/{dataset}.json",
+    output:
+        metrics=R + "/{dataset}/students/vanilla/{student}/seed{seed}/metrics.json",
+        model=R + "/{dataset}/students/vanilla/{student}/seed{seed}/model.pt",
+    params:
+        spec=lambda wc, output: json.dumps(W.vanilla_spec(wc.dataset, wc.student, wc.seed, output.metrics)),
+    log:
+        R + "/logs/{dataset}/students/vanilla/{student}/seed{seed}.log",
+    threads: W.threads
+    resources:
+        **train_resources("student"),
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()

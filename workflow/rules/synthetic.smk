@@ -1,0 +1,19 @@
+# Stage: the synthetic Gaussian task (Table 5). One job per delta_mu trains every seed's MLL and
+# MCMI teachers and the four students together (batched over seeds) on the CPU.
+
+
+rule synthetic:
+    output:
+        R + "/synthetic/dmu{dmu}.json",
+    params:
+        spec=lambda wc, output: json.dumps(W.synthetic_spec(wc.dmu, output[0])),
+    log:
+        R + "/logs/synthetic/dmu{dmu}.log",
+    threads: W.threads
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()

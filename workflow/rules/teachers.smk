@@ -1,0 +1,65 @@
+# Stage: teachers. The MLL teacher (cross-entropy; or a pretrained RepDistiller checkpoint), the
+# early-stopped teacher (ES<epochs>), HSAKD's auxiliary heads on a frozen teacher, and the
+# measurement of a teacher's accuracy, CMI and LL at a temperature.
+
+
+rule teacher:
+    input:
+        ready=R + "/data/{dataset}.json",
+    output:
+        model=R + "/{dataset}/teachers/{teacher}/{variant}/model.pt",
+        metrics=R + "/{dataset}/teachers/{teacher}/{variant}/metrics.json",
+    wildcard_constraints:
+        variant="MLL|ES[0-9]+",
+    params:
+        spec=lambda wc: json.dumps(W.teacher_spec(wc.dataset, wc.teacher, wc.variant)),
+    log:
+        R + "/logs/{dataset}/teachers/{teacher}/{variant}.log",
+    threads: W.threads
+    resources:
+        **train_resources("teacher"),
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()
+
+
+rule hsakd_heads:
+    input:
+        ready=R + "/data/{dataset}.json",
+        model=R + "/{dataset}/teachers/{teacher}/{variant}/model.pt",
+    output:
+        heads=R + "/{dataset}/teachers/{teacher}/{variant}/hsakd_heads.pt",
+        metrics=R + "/{dataset}/teachers/{teacher}/{variant}/hsakd_heads.json",
+    params:
+        spec=lambda wc, input, output: json.dumps(
+            W.hsakd_heads_spec(wc.dataset, wc.teacher, wc.variant, output.metrics)
+        ),
+    log:
+        R + "/logs/{dataset}/teachers/{teacher}/{variant}-hsakd_heads.log",
+    threads: W.threads
+    resources:
+        **train_resources("hsakd_heads"),
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()
+
+
+rule measure:
+    input:
+        ready=R + "/data/{dataset}.json",
+        model=R + "/{dataset}/teachers/{teacher}/{variant}/model.pt",
+    output:
+        R + "/{dataset}/measure/{teacher}/{variant}/T{temp}.json",
+    params:
+        spec=lambda wc, output: json.dumps(W.measure_spec(wc.dataset, wc.teacher, wc.variant, wc.temp, output[0])),
+    log:
+        R + "/logs/{dataset}/measure/{teacher}/{variant}/T{temp}.log",
+    threads: W.threads
+    resources:
+        **train_resources("measure"),
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()
