@@ -10,7 +10,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [os.path.join(workflow.basedir, "workflow")] + [p for p in [os.environ.get("PYTHONPATH")] if p]
 )
 
-configfile: "config/config.yaml"
+# The paper's config unless the user names another: --configfile replaces it rather than being
+# merged into it, so a demo or test config never inherits the paper's grid.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,7 +46,9 @@ STUDENT = make_shapes([(4, 16, 16), (8, 16, 16), (16, 8, 8), (32, 4, 4)], 32)
 TEACHER = make_shapes([(8, 32, 32), (16, 32, 32), (24, 32, 32), (32, 16, 16), (64, 8, 8)], 48)
 
 
-def context(student: FeatureShapes = STUDENT, teacher: FeatureShapes = TEACHER, num_train: int = 40, **extra) -> PairContext:
+def context(
+    student: FeatureShapes = STUDENT, teacher: FeatureShapes = TEACHER, num_train: int = 40, **extra: str
+) -> PairContext:
     labels = torch.arange(num_train) % NUM_CLASSES
     return PairContext(
         student=student, teacher=teacher, num_classes=NUM_CLASSES, num_train=num_train,
@@ -65,7 +68,9 @@ class TinyNet(ZooModel):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
         self.stage1 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width))
-        self.stage2 = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.BatchNorm2d(4 * width))
+        self.stage2 = nn.Sequential(
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.BatchNorm2d(4 * width)
+        )
         self.fc = nn.Linear(4 * width, num_classes)
 
     def extract(self, x: torch.Tensor) -> Features:
@@ -110,7 +115,8 @@ def test_crd_normalising_constant_fixed_on_first_batch() -> None:
     z_s, z_t = method.z_s.item(), method.z_t.item()
     assert z_s > 0 and z_t > 0
     for _ in range(3):
-        method.distill(random_features(STUDENT, 4), random_features(TEACHER, 4), batch_of(torch.arange(4, 8)), 1)
+        s, t = random_features(STUDENT, 4), random_features(TEACHER, 4)
+        method.distill(s, t, batch_of(torch.arange(4, 8)), epoch=1)
     assert method.z_s.item() == z_s and method.z_t.item() == z_t
 
 
@@ -239,11 +245,12 @@ def test_auxiliary_heads_output_joint_classes() -> None:
     assert len(AuxiliaryHeads(TEACHER, NUM_CLASSES, num_heads=2)(random_features(TEACHER, 1).stages)) == 2
 
 
-def train_teacher_heads(teacher: TinyNet, path) -> None:
+def train_teacher_heads(teacher: TinyNet, path: Path) -> None:
     objective = HSAKDTeacherHeads(probe_shapes(teacher, (3, 8, 8)), NUM_CLASSES)
     backbone_before = copy.deepcopy(teacher.state_dict())
     heads_before = copy.deepcopy(objective.heads.state_dict())
-    optimizer = torch.optim.SGD(list(teacher.parameters()) + list(objective.parameters()), lr=0.1, weight_decay=5e-4)
+    params = list(teacher.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     teacher.train()
     out = objective.step(teacher, batch_of(torch.arange(4)), epoch=1)
     assert set(out.terms) == {"ce_heads"} and out.logits.shape == (4, NUM_CLASSES)
@@ -255,7 +262,7 @@ def train_teacher_heads(teacher: TinyNet, path) -> None:
     save_teacher_heads(objective.heads, path)
 
 
-def test_teacher_heads_objective_trains_only_heads(tmp_path) -> None:
+def test_teacher_heads_objective_trains_only_heads(tmp_path: Path) -> None:
     torch.manual_seed(0)
     teacher = TinyNet(width=6)
     train_teacher_heads(teacher, tmp_path / "heads.pt")
@@ -263,7 +270,7 @@ def test_teacher_heads_objective_trains_only_heads(tmp_path) -> None:
     assert len(loaded.heads) == 2
 
 
-def test_hsakd_step_on_tiny_models(tmp_path) -> None:
+def test_hsakd_step_on_tiny_models(tmp_path: Path) -> None:
     torch.manual_seed(0)
     teacher, student = TinyNet(width=6), TinyNet(width=4)
     train_teacher_heads(teacher, tmp_path / "heads.pt")
@@ -285,7 +292,7 @@ def test_hsakd_step_on_tiny_models(tmp_path) -> None:
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_hsakd_missing_teacher_heads_is_a_clear_error(tmp_path) -> None:
+def test_hsakd_missing_teacher_heads_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hsakd_teacher_heads"):
         HSAKD(context())
     with pytest.raises(FileNotFoundError, match="teacher heads"):

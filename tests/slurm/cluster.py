@@ -16,9 +16,10 @@ Usage as a library (what tests/test_slurm.py does)::
 
 Usage from a shell (debugging)::
 
-    python tests/slurm/cluster.py up   /tmp/slurmtest   # starts, keeps running
-    export SLURM_CONF=/tmp/slurmtest/etc/slurm.conf; sinfo; sbatch ...
-    python tests/slurm/cluster.py down /tmp/slurmtest   # stops by PID file
+    python tests/slurm/cluster.py up /tmp/slurmtest &   # runs until SIGTERM/^C
+    export PATH=/tmp/slurmtest/bin:$PATH SLURM_CONF=/tmp/slurmtest/etc/slurm.conf
+    sinfo; sbatch --gpus=1 --wrap hostname; ...
+    python tests/slurm/cluster.py down /tmp/slurmtest   # stops it, by PID files
 
 Requirements: root (slurmd must run as root), Debian/Ubuntu packages
 ``slurm-wlm munge`` (or slurmctld + slurmd + slurm-client + munge); see
@@ -106,9 +107,38 @@ def _proc_table() -> dict[int, tuple[int, int]]:
     return table
 
 
-def descendants(roots: set[int]) -> set[int]:
-    """Live processes descending from `roots` or in a session led by a root."""
+MARKER = "LOCAL_SLURM_TEST_CLUSTER"  # env var carried by everything a cluster starts
+
+
+def _has_marker(pid: int, value: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{MARKER}={value}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def cluster_processes(roots: set[int], marker_value: str | None = None) -> set[int]:
+    """Live processes started by a test cluster: the daemons (`roots`), their
+    descendants/session members, and -- because slurmstepd daemonizes away
+    from slurmd (parent 1, own session) -- every process whose environment
+    carries MARKER=<marker_value> (slurmd passes its environment on to
+    slurmstepd; jobs get it from sbatch --export=ALL), plus their descendants.
+    The calling process and its ancestors are never included."""
     table = _proc_table()
+    seeds = {p for p in roots if p in table}
+    if marker_value:
+        seeds |= {p for p in table if _has_marker(p, marker_value)}
+    me, protect = os.getpid(), set()
+    while me in table and me not in protect:
+        protect.add(me)
+        me = table[me][0]
+    return descendants(seeds, table) - protect
+
+
+def descendants(roots: set[int], table: dict | None = None) -> set[int]:
+    """Live processes among `roots`, descending from them, or in a session led by one."""
+    table = _proc_table() if table is None else table
     out = {p for p in roots if p in table}
     changed = True
     while changed:
@@ -176,7 +206,7 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket}
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool/slurmd-%n
+SlurmdSpoolDir={r}/spool
 SlurmctldPidFile={self.run}/slurmctld.pid
 SlurmdPidFile={self.run}/slurmd.pid
 SlurmctldLogFile={self.log}/slurmctld.log
@@ -198,6 +228,7 @@ JobCompType=jobcomp/none
 MinJobAge=600
 ReturnToService=2
 MailProg=/bin/true
+MpiDefault=none
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
@@ -237,6 +268,7 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
         """Environment for talking to this cluster: wrappers first on PATH + SLURM_CONF."""
         env = dict(os.environ if base is None else base)
         env["SLURM_CONF"] = str(self.conf)
+        env[MARKER] = str(self.root)
         path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != str(self.bindir)]
         path += [d for d in SBIN_DIRS if d not in path]
         env["PATH"] = os.pathsep.join([str(self.bindir)] + path)
@@ -308,39 +340,41 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
         return "\n".join(parts)
 
     def daemon_pids(self) -> set[int]:
-        pids = {p.pid for p in self.procs.values()}
-        if not pids and self.pids_file.exists():
-            pids = set(json.loads(self.pids_file.read_text()).values())
-        return pids
+        return {p.pid for p in self.procs.values()}
 
     def leftover_pids(self) -> set[int]:
         """Every process this cluster started (daemons, slurmstepd, job steps) still alive."""
-        return descendants(self.daemon_pids())
+        return cluster_processes(self.daemon_pids(), str(self.root))
+
+    def cancel_all_jobs(self, timeout: float = 20) -> None:
+        """scancel whatever is still queued/running, wait until slurmd's steps are gone."""
+        if "slurmctld" not in self.procs or self.procs["slurmctld"].poll() is not None:
+            return
+        try:
+            ids = self._run([self.bin["squeue"], "-h", "-o", "%i", "-t", "PD,R,CG,S,CF"], 10).stdout.split()
+            if not ids:
+                return
+            self._run([which("scancel") or "scancel", *ids], 10)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if not self._run([self.bin["squeue"], "-h", "-o", "%i", "-t", "PD,R,CG,S,CF"], 10).stdout.split():
+                    return
+                time.sleep(0.5)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM each daemon by PID (slurmd, slurmctld, then munged), SIGKILL stragglers."""
+        """Cancel jobs, SIGTERM each daemon by PID (slurmd, slurmctld, munged),
+        then TERM/KILL by PID whatever else the cluster started (slurmstepd, job
+        processes; found by MARKER, see cluster_processes)."""
         roots = self.daemon_pids()
-        tree = descendants(roots)  # slurmstepd / job processes hanging off slurmd
-        order = ("slurmd", "slurmctld", "munged")
-        by_name = dict(self.procs) if self.procs else {}
-        if not by_name and self.pids_file.exists():
-            by_name = {n: pid for n, pid in json.loads(self.pids_file.read_text()).items()}
-        for name in order:
-            h = by_name.get(name)
-            if h is None:
-                continue
-            pid = h.pid if isinstance(h, subprocess.Popen) else int(h)
-            self._terminate(pid, h if isinstance(h, subprocess.Popen) else None, timeout)
-        # anything that hung off the daemons (e.g. an orphaned slurmstepd)
-        deadline = time.monotonic() + 10
-        rest = {p for p in tree | descendants(roots) if pid_alive(p)}
-        for p in rest:
-            _signal(p, signal.SIGTERM)
-        while rest and time.monotonic() < deadline:
-            time.sleep(0.2)
-            rest = {p for p in rest if pid_alive(p)}
-        for p in rest:
-            _signal(p, signal.SIGKILL)
+        self.cancel_all_jobs()
+        started = cluster_processes(roots, str(self.root))
+        for name in ("slurmd", "slurmctld", "munged"):
+            p = self.procs.get(name)
+            if p is not None:
+                self._terminate(p.pid, p, timeout)
+        _kill_all(started | cluster_processes(roots, str(self.root)))
 
     @staticmethod
     def _terminate(pid: int, popen: subprocess.Popen | None, timeout: float) -> None:
@@ -370,6 +404,18 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
         self.stop()
 
 
+def _kill_all(pids: set[int], grace: float = 10) -> None:
+    rest = {p for p in pids if pid_alive(p)}
+    for p in rest:
+        _signal(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while rest and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rest = {p for p in rest if pid_alive(p)}
+    for p in rest:
+        _signal(p, signal.SIGKILL)
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -394,19 +440,47 @@ def main(argv: list[str]) -> int:
             print(e, file=sys.stderr)
             return 1
     scratch = Path(argv[2] if len(argv) > 2 else "/tmp/slurm-test-cluster")
-    c = LocalSlurm(scratch)
     if cmd == "up":
+        # Stays in the foreground as the daemons' parent (so they get reaped)
+        # until SIGINT/SIGTERM, then stops them by PID.  Background it with `&`
+        # and end it with `python cluster.py down DIR` (or kill <its pid>).
+        c = LocalSlurm(scratch)
+        stop = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.append(1))
         c.start()
-        # detach: daemons keep running after this process exits (own sessions);
-        # `down` finds them again through run/daemons.json
-        print(f"cluster up; export SLURM_CONF={c.conf}")
-        return 0
+        (c.run / "supervisor.pid").write_text(str(os.getpid()))
+        print(f"cluster up (pid {os.getpid()}); export PATH={c.bindir}:$PATH SLURM_CONF={c.conf}", flush=True)
+        try:
+            while not stop and all(p.poll() is None for p in c.procs.values()):
+                time.sleep(0.5)
+        finally:
+            c.stop()
+            (c.run / "supervisor.pid").unlink(missing_ok=True)
+            left = c.leftover_pids()
+            print("stopped" if not left else f"LEFTOVER PIDS: {sorted(left)}", flush=True)
+        return 0 if not left else 1
     # down
-    if not c.pids_file.exists():
-        print(f"no {c.pids_file}; nothing to stop")
+    run = scratch.resolve() / "run"
+    sup = run / "supervisor.pid"
+    if sup.exists():
+        pid = int(sup.read_text())
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    pids_file = run / "daemons.json"
+    if not pids_file.exists():
+        print(f"no {pids_file}; nothing to stop")
         return 0
-    c.stop()
-    left = c.leftover_pids()
+    pids = json.loads(pids_file.read_text())
+    roots = set(pids.values())
+    started = cluster_processes(roots, str(scratch.resolve()))
+    for name in ("slurmd", "slurmctld", "munged"):
+        if name in pids:
+            LocalSlurm._terminate(int(pids[name]), None, 30)
+    _kill_all(started | cluster_processes(roots, str(scratch.resolve())))
+    left = cluster_processes(roots, str(scratch.resolve()))
     print("stopped" if not left else f"LEFTOVER PIDS: {sorted(left)}")
     return 0 if not left else 1
 

@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from mcmi.tables import MetricsRecord, load_metrics, of_stage  # noqa: E402
 
 PALETTE = sns.color_palette("colorblind")
-LR_DECAY_RATIO = 0.5  # an lr drop to at most half of the previous epoch's lr counts as a step decay
+LR_DECAY_RATIO = 0.5  # a drop to at most half of a constant lr counts as a step decay
 DPI = 300
 
 
@@ -97,7 +97,7 @@ def _figure_temperature(records: list[MetricsRecord], out_prefix: str) -> None:
             cmi_ax.set_ylabel("Teacher CMI at T (nats)")
             handles = ax.get_legend_handles_labels()[0] + cmi_ax.get_legend_handles_labels()[0]
             labels = ax.get_legend_handles_labels()[1] + cmi_ax.get_legend_handles_labels()[1]
-            ax.legend(handles, labels, fontsize="small", loc="lower right")
+            cmi_ax.legend(handles, labels, fontsize="small", loc="best", framealpha=0.9)
         _save(fig, out_prefix)
 
 
@@ -115,10 +115,14 @@ def _history_frame(record: MetricsRecord) -> pd.DataFrame:
 
 
 def lr_decay_epochs(history: pd.DataFrame) -> list[int]:
-    """Epochs whose lr is at most LR_DECAY_RATIO times the previous epoch's (step decays, not cosine)."""
+    """Epochs of step decays: lr falls to at most LR_DECAY_RATIO of a plateau (the two epochs before are equal).
+
+    A cosine schedule never has a plateau, so none of its epochs is marked.
+    """
     lr = history.dropna(subset=["lr"]).sort_values("epoch")
-    drops = lr["lr"] <= LR_DECAY_RATIO * lr["lr"].shift()
-    return [int(e) for e in lr.loc[drops, "epoch"]]
+    previous = lr["lr"].shift()
+    steps = (lr["lr"] <= LR_DECAY_RATIO * previous) & (previous == lr["lr"].shift(2))
+    return [int(e) for e in lr.loc[steps, "epoch"]]
 
 
 def _figure_training_curves(records: list[MetricsRecord], out_prefix: str) -> None:
@@ -191,13 +195,17 @@ def make_confusion_figure(metrics_paths: list[str], out_prefix: str) -> None:
             sns.heatmap(matrix, ax=ax, vmin=0.0, vmax=1.0, cmap="cividis", square=True, xticklabels=labels,
                         yticklabels=labels, annot=n_classes <= 10, fmt=".2f", annot_kws={"fontsize": 6},
                         cbar_kws={"label": "Fraction of true class"})
-            for c in group["removed"]:
-                ax.add_patch(Rectangle((0, c), n_classes, 1, fill=False, edgecolor=PALETTE[1], linewidth=1.5))
+            for c in group["removed"]:  # black under white dashes: visible on every colour of the map
+                ax.add_patch(Rectangle((0, c), n_classes, 1, fill=False, edgecolor="black", linewidth=3))
+                ax.add_patch(Rectangle((0, c), n_classes, 1, fill=False, edgecolor="white", linewidth=1.5,
+                                       linestyle="--"))
             for tick in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
                 if tick.get_text().endswith("*"):
                     tick.set_fontweight("bold")
             title = _pair_label(teacher, student) if teacher else student
             ax.set_title(f"{title} ({variant or 'no teacher'}, {method}; {group['runs']} run(s))", fontsize="small")
-            ax.set_xlabel("Predicted class (* = removed from student training)")
-            ax.set_ylabel("True class")
+            ax.set_xlabel("Predicted class")
+            ax.set_ylabel("True class (outlined * = removed)")
+        fig.suptitle("Row-normalised confusion of zero-shot students; * = class removed from the student's "
+                     "training set")
         _save(fig, out_prefix)

@@ -227,3 +227,22 @@ def synthetic(spec: dict[str, Any]) -> dict[str, Any]:
 
     _require(spec, "synthetic", "delta_mu", "out_metrics")
     return run_synthetic(spec["synthetic"], float(spec["delta_mu"]), spec["out_metrics"])
+
+
+@stage("hsakd_heads")
+def train_hsakd_heads(spec: dict[str, Any]) -> dict[str, Any]:
+    """HSAKD's first stage: train the teacher's auxiliary heads on its frozen backbone."""
+    from mcmi.distill.hsakd import HSAKDTeacherHeads, save_teacher_heads
+
+    _require(spec, "model", "checkpoint", "recipe", "out_model")
+    recipe = Recipe(**spec["recipe"])
+    device, train, test = _setup(spec)
+    teacher = _load_model(spec["model"], train.num_classes, spec["checkpoint"])
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes)
+    history = fit(teacher, objective, train, test, recipe, seed=int(spec["seed"]), device=device,
+                  resume_path=spec.get("resume"), label=f"hsakd heads {spec['model']}")
+    save_teacher_heads(objective.heads, spec["out_model"])
+    return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"],
+                                         "train_loss": history[-1]["train_loss"]}, history, device)

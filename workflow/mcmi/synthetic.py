@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2, 3, 4],
     "task_seed": 0,
     "log_every": 10,
+    "threads": 2,
 }
 
 _CRITERIA = ("val_pdist", "val_nll")
@@ -163,7 +164,7 @@ class MLPStack:
         h1 = torch.baddbmm(b1, x, w1).relu_()
         h2 = torch.baddbmm(b2, h1, w2).relu_()
         z = torch.baddbmm(b3, h2, w3)
-        log_p = z - torch.logsumexp(z, dim=-1, keepdim=True)
+        log_p = torch.log_softmax(z, dim=-1)
         p = log_p.exp()
         loss = -(targets * log_p).sum(-1).mean(-1)
         dz = p - targets
@@ -186,24 +187,20 @@ class MLPStack:
 
 # ------------------------------------------------------------------------------------------ optimizers
 class StackedAdam:
-    """torch.optim.Adam (no weight decay, no amsgrad) on a flat buffer; same arithmetic as its
-    single-tensor path, element by element."""
+    """torch.optim.Adam(fused=True) (no weight decay, no amsgrad) on the flat buffer: one fused pass
+    per step over all members, the same kernel torch.optim runs for each model's tensors."""
 
     def __init__(self, params: torch.Tensor, grads: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        self.params, self.grads, self.betas, self.eps = params, grads, betas, eps
-        self.exp_avg, self.exp_avg_sq = torch.zeros_like(params), torch.zeros_like(params)
-        self.denom = torch.empty_like(params)
-        self.steps = 0
+        self.params, self.grads, self.betas, self.eps = [params], [grads], betas, eps
+        self.exp_avg, self.exp_avg_sq = [torch.zeros_like(params)], [torch.zeros_like(params)]
+        self.steps = [torch.zeros((), dtype=torch.float32)]
 
     def step(self, lr: float) -> None:
-        beta1, beta2 = self.betas
-        self.steps += 1
-        self.exp_avg.lerp_(self.grads, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(self.grads, self.grads, value=1 - beta2)
-        bias1, bias2 = 1 - beta1**self.steps, 1 - beta2**self.steps
-        torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bias2**0.5).add_(self.eps)
-        self.params.addcdiv_(self.exp_avg, self.denom, value=-lr / bias1)
+        self.steps[0] += 1
+        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self.steps, lr=lr,
+                           beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+                           amsgrad=False, maximize=False)
 
 
 class StackedSGD:
@@ -316,7 +313,7 @@ def train_reference(
     """One model trained the plain way (autograd + torch.optim, soft-target CE); the semantics that
     :func:`train_stack` reproduces per member. Used by the tests and the benchmark."""
     if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=False)
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, foreach=False)
     gen, steps = torch.Generator().manual_seed(order_seed), 0
@@ -378,10 +375,12 @@ def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str) -> dic
         teacher to P* on the validation split, mean over seeds; or "val_nll": validation label NLL);
         one lambda is chosen for all seeds;
       seeds ([0..4]): initialisation and data-order seeds; task_seed (0): means and data;
-      log_every (10): epochs between progress lines.
+      log_every (10): epochs between progress lines; threads (2): torch.set_num_threads (use 1 on a
+        CPU shared with other jobs: two spinning OpenMP threads then slow a step down ~15x).
     Students (same MLP, from scratch) learn by soft-target CE from P* (GroundTruth), the MCMI teacher,
     the MLL teacher and one-hot labels; the four students of a seed share initialisation and data order."""
     cfg = resolve_config(config)
+    torch.set_num_threads(cfg["threads"])
     started = time.perf_counter()
     prov = provenance(cfg, seed=None)
     num_classes, seeds = cfg["num_classes"], list(cfg["seeds"])

@@ -605,7 +605,7 @@ def _markdown(df: pd.DataFrame, layout: _Layout, title: str, caption: str) -> st
         f"parentheses (no std when n = 1), computed from the metrics JSON files given to the table.",
         f"- **paper** = the published number (config/paper/{PAPER_SOURCES[n]}); **Δ** = ours − paper.",
         f"- **not run** = a paper cell for which we have no run (kept, never filled); **{DASH}** = a cell of ours "
-        f"with no published counterpart (e.g. a demo pair).",
+        f"with no published counterpart (e.g. a demo pair); an empty cell has neither.",
         f"- Cells: {int((df['status'] == OK).sum())} matched, {int((df['status'] == NOT_RUN).sum())} not run, "
         f"{int((df['status'] == NO_PAPER).sum())} without paper value.",
         *[f"- {line}" for line in layout.header_lines], "",

@@ -175,10 +175,10 @@ def fit(
             optimizer.step()
             n = len(batch)
             seen += n
-            loss_sum += float(loss) * n
+            loss_sum += loss.item() * n
             correct += int((out.logits.argmax(dim=1) == batch.y[: out.logits.shape[0]]).sum())
             for name, value in out.terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + float(value) * n
+                term_sums[name] = term_sums.get(name, 0.0) + value.item() * n
         evaluation = evaluate(model, test, max(recipe.batch_size, 256), device)
         record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
                   "test_loss": evaluation["loss"], "test_acc": evaluation["acc"], "test_top5": evaluation["top5"],

@@ -86,17 +86,26 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
 
 
+def _read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The digits file shipped inside scikit-learn, read directly (importing sklearn takes seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the digits dataset ships with scikit-learn: pip install scikit-learn")
+    data = np.loadtxt(Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+    return data[:, :-1], data[:, -1].astype(np.int64)
+
+
 def load_digits(image_size: int = 32, test_fraction: float = 0.2, split_seed: int = 0
                 ) -> tuple[TensorImageDataset, TensorImageDataset]:
     """scikit-learn's 8x8 handwritten digits (ships inside the package: works offline), upsampled to
     ``image_size`` x ``image_size`` x 3 so CIFAR models run on it. Stratified, seeded split."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    bunch = sk_digits()
-    x = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0            # (N, 1, 8, 8) in [0, 1]
+    pixels, target = _read_sklearn_digits()
+    x = torch.from_numpy(pixels).float().view(-1, 1, 8, 8) / 16.0            # (N, 1, 8, 8) in [0, 1]
     x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
-    labels = torch.from_numpy(bunch.target).long()
+    labels = torch.from_numpy(target).long()
     gen = torch.Generator().manual_seed(split_seed)
     test_mask = torch.zeros(len(labels), dtype=torch.bool)
     for c in range(10):

@@ -23,10 +23,9 @@ def taylor_rbf_correlation(e: torch.Tensor, gamma: float, order: int) -> torch.T
     """
     unit = F.normalize(e, dim=1)
     cosine = unit @ unit.t()
-    return sum(
-        math.exp(-2.0 * gamma) * (2.0 * gamma) ** p / math.factorial(p) * cosine.pow(p)
-        for p in range(order + 1)
-    )
+    scale = math.exp(-2.0 * gamma)
+    terms = [scale * (2.0 * gamma) ** p / math.factorial(p) * cosine.pow(p) for p in range(order + 1)]
+    return torch.stack(terms).sum(dim=0)
 
 
 @register
@@ -78,5 +77,7 @@ class CC(DistillMethod):
             loss = (delta[:-1] * delta[1:]).sum(dim=1).mean()
         else:
             gamma, order = float(self.hparams["rbf_gamma"]), int(self.hparams["taylor_order"])
-            loss = F.mse_loss(taylor_rbf_correlation(e_s, gamma, order), taylor_rbf_correlation(e_t, gamma, order))
+            loss = F.mse_loss(
+                taylor_rbf_correlation(e_s, gamma, order), taylor_rbf_correlation(e_t, gamma, order)
+            )
         return {"cc": self.hparams["gamma"] * loss}

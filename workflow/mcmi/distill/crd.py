@@ -105,9 +105,10 @@ class CRD(DistillMethod):
 
         Scores every bank row against the B anchors with one (N, D)·(D, B) product and gathers the
         sampled ones, which equals the reference's batched product of gathered rows without
-        materialising the (B, 1 + K, D) tensor.
+        materialising the (B, 1 + K, D) tensor. The bank is copied because the backward pass needs
+        it after the in-place momentum update.
         """
-        dots = anchor @ memory.detach().T  # (B, N)
+        dots = anchor @ memory.detach().clone().T  # (B, N)
         return torch.exp(dots.gather(1, rows) / self.hparams["nce_t"])
 
     @torch.no_grad()

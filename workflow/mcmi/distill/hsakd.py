@@ -70,7 +70,8 @@ class AuxiliaryHeads(nn.Module):
                 blocks.append(_conv_bn_relu(prev[0], nxt[0], stride))
             if i == len(stages) - 1:
                 blocks.append(_conv_bn_relu(final_channels, final_channels, 1))
-            blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(final_channels, NUM_ROTATIONS * num_classes)]
+            classifier = nn.Linear(final_channels, NUM_ROTATIONS * num_classes)
+            blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier]
             self.heads.append(nn.Sequential(*blocks))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -182,9 +183,8 @@ class HSAKD(DistillMethod):
         temperature = float(self.hparams["T"])
 
         def kl(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
-            return tempered_kl(
-                F.log_softmax(s_logits / temperature, dim=1), F.softmax(t_logits / temperature, dim=1), temperature
-            )
+            log_p_s = F.log_softmax(s_logits / temperature, dim=1)
+            return tempered_kl(log_p_s, F.softmax(t_logits / temperature, dim=1), temperature)
 
         logits = s.logits[0::NUM_ROTATIONS]
         weight = self.hparams["weight"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -21,12 +23,25 @@ class PreactBlock(nn.Module):
         return self.forward_with_preact(x)[0]
 
 
-def run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a stage of blocks; return its output and its last block's pre-activation output."""
+PreactForward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _preact_block_forward(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return block.forward_with_preact(x)
+
+
+def run_stage(
+    stage: nn.Sequential, x: torch.Tensor, last_block_forward: PreactForward = _preact_block_forward
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a stage of blocks; return its output and its last block's pre-activation output.
+
+    ``last_block_forward(block, x)`` runs the last block giving both; by default the block's own
+    ``PreactBlock.forward_with_preact``.
+    """
     *leading, last = stage
     for block in leading:
         x = block(x)
-    return last.forward_with_preact(x)
+    return last_block_forward(last, x)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

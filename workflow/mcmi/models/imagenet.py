@@ -22,12 +22,10 @@ from torchvision.models import mobilenetv2 as tv_mobilenetv2
 from torchvision.models import resnet as tv_resnet
 
 from mcmi.models.base import Features, ZooModel
-from mcmi.models.blocks import global_avg_pool
+from mcmi.models.blocks import global_avg_pool, run_stage
 
 
-def _last_block_with_preact(
-    block: tv_resnet.BasicBlock | tv_resnet.Bottleneck, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _last_block_with_preact(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torchvision's block forward, also returning the residual sum before the final ReLU."""
     shortcut = x if block.downsample is None else block.downsample(x)
     out = block.relu(block.bn1(block.conv1(x)))
@@ -55,10 +53,7 @@ class TorchvisionResNet(ZooModel, tv_resnet.ResNet):
         out = self.maxpool(stem)
         stages, preacts = [stem], [stem]
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            *leading, last = stage
-            for block in leading:
-                out = block(out)
-            out, preact = _last_block_with_preact(last, out)
+            out, preact = run_stage(stage, out, _last_block_with_preact)
             stages.append(out)
             preacts.append(preact)
         pooled = global_avg_pool(out)

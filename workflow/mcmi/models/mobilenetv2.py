@@ -73,7 +73,8 @@ class CifarMobileNetV2(ZooModel):
             out_channels = int(channels * width_mult)
             group = []
             for stride in [first_stride] + [1] * (num_blocks - 1):
-                group.append(InvertedResidual(in_channels, out_channels, stride, group_expansion or expansion))
+                block_expansion = group_expansion or expansion
+                group.append(InvertedResidual(in_channels, out_channels, stride, block_expansion))
                 in_channels = out_channels
             self.blocks.append(nn.Sequential(*group))
         last_channels = int(_LAST_CHANNELS * width_mult) if width_mult > 1.0 else _LAST_CHANNELS

@@ -81,7 +81,9 @@ class DownUnit(nn.Module):
 class ShuffleNetV2(ZooModel):
     """1x1 stem, three stages (down unit + basic units), 1x1 head conv, global pooling, linear."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, int, int], blocks: tuple[int, int, int], head: int) -> None:
+    def __init__(
+        self, num_classes: int, widths: tuple[int, int, int], blocks: tuple[int, int, int], head: int
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, _STEM_CHANNELS, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(_STEM_CHANNELS)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mcmi.models import imagenet, mobilenetv2, resnet, resnet_bottleneck, shufflenetv1, shufflenetv2, vgg, wrn
+from mcmi.models import (
+    mobilenetv2,
+    resnet,
+    resnet_bottleneck,
+    shufflenetv1,
+    shufflenetv2,
+    vgg,
+    wrn,
+)
 from mcmi.models.base import ZooModel
 
 _CIFAR_BUILDERS: dict[str, Callable[..., ZooModel]] = {
@@ -16,16 +24,22 @@ _CIFAR_BUILDERS: dict[str, Callable[..., ZooModel]] = {
     **shufflenetv2.BUILDERS,
     **resnet_bottleneck.BUILDERS,
 }
-_IMAGENET_BUILDERS: dict[str, Callable[..., ZooModel]] = dict(imagenet.BUILDERS)
-_BUILDERS = {**_CIFAR_BUILDERS, **_IMAGENET_BUILDERS}
-
+# torchvision takes seconds to import: its models are imported only when one is built.
+IMAGENET_MODEL_NAMES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 CIFAR_MODEL_NAMES: tuple[str, ...] = tuple(_CIFAR_BUILDERS)
-IMAGENET_MODEL_NAMES: tuple[str, ...] = tuple(_IMAGENET_BUILDERS)
-MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+MODEL_NAMES: tuple[str, ...] = CIFAR_MODEL_NAMES + IMAGENET_MODEL_NAMES
+
+
+def _builder(name: str) -> Callable[..., ZooModel]:
+    if name in _CIFAR_BUILDERS:
+        return _CIFAR_BUILDERS[name]
+    from mcmi.models import imagenet
+
+    return imagenet.BUILDERS[name]
 
 
 def _check_name(name: str) -> None:
-    if name not in _BUILDERS:
+    if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
 
 
@@ -34,10 +48,10 @@ def create_model(name: str, num_classes: int) -> ZooModel:
     _check_name(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    return _BUILDERS[name](num_classes=num_classes)
+    return _builder(name)(num_classes=num_classes)
 
 
 def is_imagenet_model(name: str) -> bool:
     """True for torchvision's ImageNet models (any input >= 32 px); False for the 32x32 CIFAR zoo."""
     _check_name(name)
-    return name in _IMAGENET_BUILDERS
+    return name in IMAGENET_MODEL_NAMES

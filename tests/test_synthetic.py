@@ -1,0 +1,122 @@
+"""The synthetic Gaussian task: exact Bayes posterior, batched training == plain training, the entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcmi.cmi import mcmi_loss
+from mcmi.synthetic import (
+    TARGETS,
+    MLPStack,
+    bayes_posterior,
+    run_synthetic,
+    sample_gaussian,
+    seeded_mlp,
+    task_means,
+    train_reference,
+    train_stack,
+)
+
+
+def _small_task(num_points: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    means, sigma = task_means(4, 5, 1.5, task_seed=3), 2.0
+    x, y = sample_gaussian(means, sigma, num_points, seed=3)
+    return means, x, y, sigma
+
+
+def test_bayes_posterior_matches_direct_density_and_is_stable() -> None:
+    means, x, _, sigma = _small_task(50)
+    log_joint = torch.stack([
+        torch.distributions.MultivariateNormal(mu, sigma**2 * torch.eye(5, dtype=torch.float64)).log_prob(
+            x.double()) for mu in means], dim=1)
+    assert torch.allclose(bayes_posterior(x, means, sigma), torch.softmax(log_joint, dim=1), atol=1e-12)
+    far = bayes_posterior(torch.full((1, 5), 1e4), means, sigma)
+    assert torch.isfinite(far).all() and float(far.sum()) == pytest.approx(1.0)
+
+
+def test_bayes_posterior_is_calibrated_on_samples() -> None:
+    means, x, y, sigma = _small_task(200_000)
+    p_star = bayes_posterior(x, means, sigma)
+    frequencies = torch.bincount(y, minlength=4).double() / len(y)
+    assert torch.allclose(p_star.mean(0), frequencies, atol=4e-3)
+    # Monte-Carlo check of P(y = argmax | x) within bins of max P*: empirical frequency == mean P*.
+    confidence, guess = p_star.max(1)
+    correct = (guess == y).double()
+    bins = torch.bucketize(confidence, torch.linspace(0.3, 1.0, 8))
+    for b in bins.unique():
+        inside = bins == b
+        if inside.sum() > 2000:
+            assert float(correct[inside].mean()) == pytest.approx(float(confidence[inside].mean()), abs=0.02)
+    # argmax accuracy on samples == the expected Bayes accuracy E[max_y P*(y|x)] (within 4 std errors)
+    assert abs(float(correct.mean() - confidence.mean())) < 4 * float(correct.std()) / len(y) ** 0.5
+
+
+def _params_of(model: nn.Sequential) -> list[torch.Tensor]:
+    out = []
+    for layer in (m for m in model if isinstance(m, nn.Linear)):
+        out += [layer.weight.detach().t(), layer.bias.detach().unsqueeze(0)]
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_batched_training_equals_plain_training(optimizer: str) -> None:
+    _, x, y, _ = _small_task(150)  # 150 = 4 full batches of 32 and a partial one per epoch
+    x = x.double()
+    soft = torch.softmax(torch.randn(2, 150, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    models = [seeded_mlp(seed, 5, 8, 4, torch.float64) for seed in (11, 12)]
+    stack = MLPStack.from_models(models)
+    train_stack(stack, x, soft, [21, 22], epochs=3, batch_size=32, lr=1e-2, optimizer=optimizer, log=lambda _: None)
+    for member, (model, order_seed) in enumerate(zip(models, (21, 22))):
+        train_reference(model, x, soft[member], order_seed, epochs=3, batch_size=32, lr=1e-2, optimizer=optimizer)
+        for batched, plain in zip(stack.params, _params_of(model)):
+            assert torch.allclose(batched[member], plain, rtol=1e-10, atol=1e-12)
+
+
+def test_mcmi_gradient_matches_autograd_of_cmi_loss() -> None:
+    _, x, y, _ = _small_task(32)
+    x = x.double()
+    model = seeded_mlp(5, 5, 8, 4, torch.float64)
+    stack = MLPStack.from_models([model])
+    centroids = torch.softmax(torch.randn(4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64), 1)
+    lam = 0.3
+    loss = stack.step_grads(x.unsqueeze(0), F.one_hot(y, 4).double().unsqueeze(0), torch.tensor([[[lam]]], dtype=torch.float64),
+                            centroids.log()[y].unsqueeze(0))
+    terms = mcmi_loss(model(x), y, centroids, lam)
+    total = terms["ce"] + terms["cmi"]
+    total.backward()
+    assert float(loss[0]) == pytest.approx(total.item(), rel=1e-12)
+    grads = []
+    for layer in (m for m in model if isinstance(m, nn.Linear)):
+        grads += [layer.weight.grad.t(), layer.bias.grad.unsqueeze(0)]
+    for batched, plain in zip(stack.grads, grads):
+        assert torch.allclose(batched[0], plain, rtol=1e-10, atol=1e-13)
+
+
+def test_non_finite_loss_raises() -> None:
+    _, x, y, _ = _small_task(64)
+    x[5, 0] = float("nan")
+    stack = MLPStack.from_models([seeded_mlp(0, 5, 8, 4)])
+    with pytest.raises(RuntimeError, match="stage 'nan-check' at epoch 1"):
+        train_stack(stack, x, F.one_hot(y, 4).float().unsqueeze(0), [0], epochs=2, batch_size=32, lr=1e-3,
+                    stage="nan-check", log=lambda _: None)
+
+
+def test_run_synthetic_tiny_config_writes_all_records(tmp_path) -> None:
+    config = {"num_points": 1000, "epochs": 2, "mcmi_epochs": 1, "seeds": [0, 1], "hidden": 16,
+              "lambda_grid": [0.1, 0.2], "threads": 1, "log_every": 1}
+    out = tmp_path / "synthetic.json"
+    run_synthetic(config, 1.0, str(out))
+    metrics = json.loads(out.read_text())
+    final = metrics["final"]
+    assert metrics["run"] == {"stage": "synthetic", "delta_mu": 1.0}
+    assert {(r["target"], r["seed"]) for r in final["records"]} == {(t, s) for t in TARGETS for s in (0, 1)}
+    assert all(r["pdist_l2"] == 0 and r["pdist_mean"] == 0 for r in final["records"] if r["target"] == "GroundTruth")
+    assert all(r["pdist_l2"] > 0 for r in final["records"] if r["target"] != "GroundTruth")
+    assert {(t["variant"], t["seed"]) for t in final["teachers"]} == {(v, s) for v in ("MLL", "MCMI") for s in (0, 1)}
+    assert final["lambda_selected"] in final["lambda_grid"] and set(final["lambda_scores"]) == {"0.1", "0.2"}
+    assert metrics["provenance"]["config"]["epochs"] == 2 and metrics["history"]
