@@ -6,9 +6,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [os.path.join(workflow.basedir, "workflow")] + [p for p in [os.environ.get("PYTHONPATH")] if p]
-)
 
 # The paper's config unless the user names another: --configfile replaces it rather than being
 # merged into it, so a demo or test config never inherits the paper's grid.

@@ -102,6 +102,7 @@ def _slurm_cmd(cluster: LocalSlurm, workdir: Path, *extra: str, target: str | No
         "--slurm-no-account",  # test cluster has no accounting (see docs/SLURM.md)
         "--slurm-init-seconds-before-status-checks", "2",  # faster polling
         "--slurm-keep-successful-logs",  # keep logs as evidence of sbatch
+        "--retries", "0",  # a failing job must fail the test, not be resubmitted
         "--verbose",
         *extra,
     ]
@@ -112,14 +113,23 @@ def _sbatch_job_ids(workdir: Path) -> set[str]:
     return {p.stem for p in (workdir / ".snakemake" / "slurm_logs").rglob("*.log") if p.stem.isdigit()}
 
 
+def _job_logs(workdir: Path, tail: int = 40) -> str:
+    parts = []
+    for p in sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log")):
+        lines = p.read_text(errors="replace").splitlines()[-tail:]
+        parts.append(f"==> {p} <==\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
 def _check_submitted(cluster: LocalSlurm, job_ids: set[str], workdir: Path) -> None:
     ctld_log = (cluster.log / "slurmctld.log").read_text(errors="replace")
     for jid in job_ids:
         assert re.search(rf"_slurm_rpc_submit_batch_job: JobId={jid}\b", ctld_log), f"job {jid} not in slurmctld log"
         show = subprocess.run([cluster.bin["scontrol"], "show", "job", jid], env=cluster.env(),
-                              capture_output=True, text=True, timeout=20).stdout
-        assert "JobState=COMPLETED" in show, show
-        assert f"WorkDir={workdir}" in show, show
+                              capture_output=True, text=True, timeout=20)
+        info = f"scontrol show job {jid}:\n{show.stdout}{show.stderr}\n{_job_logs(workdir)}"
+        assert "JobState=COMPLETED" in show.stdout, info
+        assert f"WorkDir={workdir}" in show.stdout, info
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +161,8 @@ def test_smoke_workflow_through_sbatch(slurm_cluster, tmp_path):
     t0 = time.monotonic()
     r = _run(_slurm_cmd(slurm_cluster, workdir, "--snakefile", str(SMOKE_SNAKEFILE)), env, REPO, SMOKE_TIMEOUT)
     elapsed = time.monotonic() - t0
-    assert r.returncode == 0, f"snakemake failed (rc={r.returncode})\n{r.stdout[-8000:]}\n{slurm_cluster.logs()}"
+    assert r.returncode == 0, (f"snakemake failed (rc={r.returncode})\n{r.stdout[-8000:]}\n"
+                               f"{_job_logs(workdir)}\n{slurm_cluster.logs()}")
 
     # outputs
     summary = (workdir / "smoke" / "summary.txt").read_text()
@@ -203,7 +214,8 @@ def test_real_workflow_target_through_sbatch(slurm_cluster, tmp_path):
     cmd = _slurm_cmd(slurm_cluster, workdir, "--snakefile", str(workdir / snakefile.relative_to(REPO)),
                      "--configfile", str(workdir / REAL_CONFIGFILE.relative_to(REPO)), target=REAL_TARGET)
     r = _run(cmd, env, workdir, REAL_TIMEOUT)
-    assert r.returncode == 0, f"snakemake failed (rc={r.returncode})\n{r.stdout[-8000:]}\n{slurm_cluster.logs()}"
+    assert r.returncode == 0, (f"snakemake failed (rc={r.returncode})\n{r.stdout[-8000:]}\n"
+                               f"{_job_logs(workdir)}\n{slurm_cluster.logs()}")
 
     # every output the target depends on exists (snakemake's own view)
     s = _run([sys.executable, "-m", "snakemake", REAL_TARGET, "--snakefile", str(workdir / snakefile.relative_to(REPO)),

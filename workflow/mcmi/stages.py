@@ -60,6 +60,8 @@ def _finish(spec: dict[str, Any], run_stage: str, final: dict[str, Any], history
     metrics = {"run": {"stage": run_stage, **spec.get("run", {}), **(extra_run or {})},
                "final": final, "history": history, "provenance": prov}
     write_json_atomic(spec["out_metrics"], metrics)
+    if spec.get("resume"):
+        Path(spec["resume"]).unlink(missing_ok=True)   # the job is complete: its resume point is not needed
     return metrics
 
 

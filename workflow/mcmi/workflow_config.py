@@ -33,6 +33,8 @@ class WorkflowConfig:
         self.results = str(config["results"]).rstrip("/")
         self.gpus_per_job = 0 if config.get("device") == "cpu" else 1
         self.threads = int(config.get("threads", 1))
+        paper = Path(config["paper_dir"])
+        self.paper_dir = str(paper if paper.is_absolute() or paper.exists() else self.repo / paper)
         self.check()
 
     # ------------------------------------------------------------------ validation

@@ -10,7 +10,19 @@ validate(config, schema="../schemas/config.schema.yaml")
 from mcmi.workflow_config import WorkflowConfig  # noqa: E402  (after validation on purpose)
 
 W = WorkflowConfig(config, repo=Path(workflow.basedir))
-R = W.results
+
+
+def mcmi(arguments):
+    """Shell line running the package's CLI from this repository's workflow/ folder, whatever the
+    environment (conda, a cluster node); ``arguments`` may use Snakemake's {input}, {output}, ..."""
+    src = os.path.join(workflow.basedir, "workflow")
+    return f"PYTHONPATH={src}${{{{PYTHONPATH:+:$PYTHONPATH}}}} python -m mcmi {arguments}"
+
+
+def res(path):
+    """A path under the configured results folder."""
+    return os.path.join(W.results, path)
+
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
@@ -30,7 +42,7 @@ wildcard_constraints:
 
 def stage_command(spec_param="spec"):
     """The shell line of a training/measuring job: the stage gets its whole job spec as JSON."""
-    return "python -m mcmi stage --spec {params.%s:q} > {log} 2>&1" % spec_param
+    return mcmi("stage --spec {params.%s:q} > {log} 2>&1" % spec_param)
 
 
 def train_resources(kind):

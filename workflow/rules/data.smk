@@ -4,11 +4,11 @@
 
 rule prepare_data:
     output:
-        R + "/data/{dataset}.json",
+        res("data/{dataset}.json"),
     params:
         spec=lambda wc, output: json.dumps(W.data_spec(wc.dataset, output[0])),
     log:
-        R + "/logs/data/{dataset}.log",
+        res("logs/data/{dataset}.log"),
     conda:
         "../../envs/mcmi.yaml"
     shell:

@@ -5,15 +5,15 @@
 
 rule mcmi_finetune:
     input:
-        ready=R + "/data/{dataset}.json",
-        mll=R + "/{dataset}/teachers/{teacher}/MLL/model.pt",
+        ready=res("data/{dataset}.json"),
+        mll=res("{dataset}/teachers/{teacher}/MLL/model.pt"),
     output:
-        model=R + "/{dataset}/teachers/{teacher}/MCMI_lam{lam}/model.pt",
-        metrics=R + "/{dataset}/teachers/{teacher}/MCMI_lam{lam}/metrics.json",
+        model=res("{dataset}/teachers/{teacher}/MCMI_lam{lam}/model.pt"),
+        metrics=res("{dataset}/teachers/{teacher}/MCMI_lam{lam}/metrics.json"),
     params:
         spec=lambda wc: json.dumps(W.mcmi_spec(wc.dataset, wc.teacher, wc.lam)),
     log:
-        R + "/logs/{dataset}/teachers/{teacher}/MCMI_lam{lam}.log",
+        res("logs/{dataset}/teachers/{teacher}/MCMI_lam{lam}.log"),
     threads: W.threads
     resources:
         **train_resources("mcmi"),
@@ -27,28 +27,32 @@ rule select_lambda:
     input:
         lambda wc: W.selection_inputs(wc.dataset, wc.teacher),
     output:
-        R + "/{dataset}/teachers/{teacher}/lambda_star.json",
+        res("{dataset}/teachers/{teacher}/lambda_star.json"),
     log:
-        R + "/logs/{dataset}/teachers/{teacher}/lambda_star.log",
+        res("logs/{dataset}/teachers/{teacher}/lambda_star.log"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
-        "python -m mcmi select-lambda --out {output} --teacher {wildcards.teacher} "
-        "--dataset {wildcards.dataset} {input} > {log} 2>&1"
+        mcmi(
+            "select-lambda --out {output} --teacher {wildcards.teacher} "
+            "--dataset {wildcards.dataset} {input} > {log} 2>&1"
+        )
 
 
 rule mcmi_selected:
     input:
         unpack(lambda wc: W.selected_teacher_inputs(wc.dataset, wc.teacher)),
     output:
-        model=R + "/{dataset}/teachers/{teacher}/MCMI/model.pt",
-        metrics=R + "/{dataset}/teachers/{teacher}/MCMI/metrics.json",
+        model=res("{dataset}/teachers/{teacher}/MCMI/model.pt"),
+        metrics=res("{dataset}/teachers/{teacher}/MCMI/metrics.json"),
     params:
         choice=lambda wc, input: W.selected_teacher_choice(wc.dataset, wc.teacher, input),
     log:
-        R + "/logs/{dataset}/teachers/{teacher}/MCMI.log",
+        res("logs/{dataset}/teachers/{teacher}/MCMI.log"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
-        "python -m mcmi adopt-teacher {params.choice} --out-model {output.model} "
-        "--out-metrics {output.metrics} > {log} 2>&1"
+        mcmi(
+            "adopt-teacher {params.choice} --out-model {output.model} "
+            "--out-metrics {output.metrics} > {log} 2>&1"
+        )

@@ -6,34 +6,38 @@ rule table:
     input:
         lambda wc: W.table_inputs(int(wc.n)),
     output:
-        md=report(R + "/tables/table{n}.md", category="Tables"),
-        tex=R + "/tables/table{n}.tex",
-        csv=R + "/tables/table{n}.csv",
+        md=report(res("tables/table{n}.md"), category="Tables"),
+        tex=res("tables/table{n}.tex"),
+        csv=res("tables/table{n}.csv"),
     params:
-        paper=config["paper_dir"],
-        prefix=lambda wc: f"{R}/tables/table{wc.n}",
+        paper=W.paper_dir,
+        prefix=lambda wc: res(f"tables/table{wc.n}"),
     log:
-        R + "/logs/tables/table{n}.log",
+        res("logs/tables/table{n}.log"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
-        "python -m mcmi table {wildcards.n} --paper-dir {params.paper} --out {params.prefix} {input} > {log} 2>&1"
+        mcmi(
+            "table --paper-dir {params.paper} --out {params.prefix} {wildcards.n} {input} > {log} 2>&1"
+        )
 
 
 rule figure:
     input:
         lambda wc: W.figure_inputs(int(wc.n)),
     output:
-        pdf=R + "/figures/figure{n}.pdf",
-        png=report(R + "/figures/figure{n}.png", category="Figures"),
+        pdf=res("figures/figure{n}.pdf"),
+        png=report(res("figures/figure{n}.png"), category="Figures"),
     params:
-        prefix=lambda wc: f"{R}/figures/figure{wc.n}",
+        prefix=lambda wc: res(f"figures/figure{wc.n}"),
     log:
-        R + "/logs/figures/figure{n}.log",
+        res("logs/figures/figure{n}.log"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
-        "python -m mcmi figure {wildcards.n} --out {params.prefix} {input} > {log} 2>&1"
+        mcmi(
+            "figure --out {params.prefix} {wildcards.n} {input} > {log} 2>&1"
+        )
 
 
 for _target, _outputs in W.targets().items():

@@ -6,15 +6,15 @@ rule student:
     input:
         unpack(lambda wc: W.student_inputs(wc)),
     output:
-        metrics=R + "/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/metrics.json",
-        model=R + "/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/model.pt",
+        metrics=res("{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/metrics.json"),
+        model=res("{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/model.pt"),
     params:
         spec=lambda wc, output: json.dumps(
             W.student_spec(wc.dataset, wc.teacher, wc.student, wc.method, wc.variant, wc.setting, wc.seed,
                            output.metrics)
         ),
     log:
-        R + "/logs/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}.log",
+        res("logs/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}.log"),
     threads: W.threads
     resources:
         **train_resources("student"),
@@ -26,14 +26,14 @@ rule student:
 
 rule student_vanilla:
     input:
-        ready=R + "/data/{dataset}.json",
+        ready=res("data/{dataset}.json"),
     output:
-        metrics=R + "/{dataset}/students/vanilla/{student}/seed{seed}/metrics.json",
-        model=R + "/{dataset}/students/vanilla/{student}/seed{seed}/model.pt",
+        metrics=res("{dataset}/students/vanilla/{student}/seed{seed}/metrics.json"),
+        model=res("{dataset}/students/vanilla/{student}/seed{seed}/model.pt"),
     params:
         spec=lambda wc, output: json.dumps(W.vanilla_spec(wc.dataset, wc.student, wc.seed, output.metrics)),
     log:
-        R + "/logs/{dataset}/students/vanilla/{student}/seed{seed}.log",
+        res("logs/{dataset}/students/vanilla/{student}/seed{seed}.log"),
     threads: W.threads
     resources:
         **train_resources("student"),

@@ -4,11 +4,11 @@
 
 rule synthetic:
     output:
-        R + "/synthetic/dmu{dmu}.json",
+        res("synthetic/dmu{dmu}.json"),
     params:
         spec=lambda wc, output: json.dumps(W.synthetic_spec(wc.dmu, output[0])),
     log:
-        R + "/logs/synthetic/dmu{dmu}.log",
+        res("logs/synthetic/dmu{dmu}.log"),
     threads: W.threads
     resources:
         mem_mb=4000,

@@ -5,16 +5,16 @@
 
 rule teacher:
     input:
-        ready=R + "/data/{dataset}.json",
+        ready=res("data/{dataset}.json"),
     output:
-        model=R + "/{dataset}/teachers/{teacher}/{variant}/model.pt",
-        metrics=R + "/{dataset}/teachers/{teacher}/{variant}/metrics.json",
+        model=res("{dataset}/teachers/{teacher}/{variant}/model.pt"),
+        metrics=res("{dataset}/teachers/{teacher}/{variant}/metrics.json"),
     wildcard_constraints:
         variant="MLL|ES[0-9]+",
     params:
         spec=lambda wc: json.dumps(W.teacher_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
-        R + "/logs/{dataset}/teachers/{teacher}/{variant}.log",
+        res("logs/{dataset}/teachers/{teacher}/{variant}.log"),
     threads: W.threads
     resources:
         **train_resources("teacher"),
@@ -26,17 +26,17 @@ rule teacher:
 
 rule hsakd_heads:
     input:
-        ready=R + "/data/{dataset}.json",
-        model=R + "/{dataset}/teachers/{teacher}/{variant}/model.pt",
+        ready=res("data/{dataset}.json"),
+        model=res("{dataset}/teachers/{teacher}/{variant}/model.pt"),
     output:
-        heads=R + "/{dataset}/teachers/{teacher}/{variant}/hsakd_heads.pt",
-        metrics=R + "/{dataset}/teachers/{teacher}/{variant}/hsakd_heads.json",
+        heads=res("{dataset}/teachers/{teacher}/{variant}/hsakd_heads.pt"),
+        metrics=res("{dataset}/teachers/{teacher}/{variant}/hsakd_heads.json"),
     params:
         spec=lambda wc, input, output: json.dumps(
             W.hsakd_heads_spec(wc.dataset, wc.teacher, wc.variant, output.metrics)
         ),
     log:
-        R + "/logs/{dataset}/teachers/{teacher}/{variant}-hsakd_heads.log",
+        res("logs/{dataset}/teachers/{teacher}/{variant}-hsakd_heads.log"),
     threads: W.threads
     resources:
         **train_resources("hsakd_heads"),
@@ -48,14 +48,14 @@ rule hsakd_heads:
 
 rule measure:
     input:
-        ready=R + "/data/{dataset}.json",
-        model=R + "/{dataset}/teachers/{teacher}/{variant}/model.pt",
+        ready=res("data/{dataset}.json"),
+        model=res("{dataset}/teachers/{teacher}/{variant}/model.pt"),
     output:
-        R + "/{dataset}/measure/{teacher}/{variant}/T{temp}.json",
+        res("{dataset}/measure/{teacher}/{variant}/T{temp}.json"),
     params:
         spec=lambda wc, output: json.dumps(W.measure_spec(wc.dataset, wc.teacher, wc.variant, wc.temp, output[0])),
     log:
-        R + "/logs/{dataset}/measure/{teacher}/{variant}/T{temp}.log",
+        res("logs/{dataset}/measure/{teacher}/{variant}/T{temp}.log"),
     threads: W.threads
     resources:
         **train_resources("measure"),
