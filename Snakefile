@@ -23,7 +23,7 @@ include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/report.smk"
 
 
-localrules: all, select_lambda, mcmi_selected, table, figure
+localrules: all, prepare_data, select_lambda, mcmi_selected, table, figure
 
 
 rule all:

@@ -113,8 +113,9 @@ def load_digits(image_size: int = 32, test_fraction: float = 0.2, split_seed: in
         idx = idx[torch.randperm(len(idx), generator=gen)]
         test_mask[idx[: int(round(test_fraction * len(idx)))]] = True
     mean, std = _channel_stats(images[~test_mask])
-    train = TensorImageDataset(images[~test_mask], labels[~test_mask], 10, mean, std, name="digits-train")
-    test = TensorImageDataset(images[test_mask], labels[test_mask], 10, mean, std, name="digits-test")
+    padding = max(1, image_size // 8)       # the CIFAR recipe's 4 px at 32 px, scaled to the image size
+    train = TensorImageDataset(images[~test_mask], labels[~test_mask], 10, mean, std, "digits-train", padding)
+    test = TensorImageDataset(images[test_mask], labels[test_mask], 10, mean, std, "digits-test", padding)
     return train, test
 
 

@@ -40,6 +40,7 @@ class TensorImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str = ""
+    crop_padding: int = 4          # random-crop padding of the augmentation (CIFAR: 4 at 32 px)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -84,5 +85,5 @@ class TensorImageDataset:
             index = order[start:start + batch_size]
             x = self.images[index].to(device, non_blocking=True)
             if augment:
-                x = random_crop_flip(x, generator)
+                x = random_crop_flip(x, generator, self.crop_padding)
             yield Batch(self.normalise(x), self.labels[index].to(device), index.to(device))
