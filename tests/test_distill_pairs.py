@@ -50,7 +50,7 @@ def _context(student, teacher, tmp_path, teacher_name) -> PairContext:
 def test_one_step_of_every_method_on_every_table1_pair(tmp_path, teacher_name, student_name):
     torch.manual_seed(0)
     teacher = _model(teacher_name, 1)
-    batch = Batch(torch.randn(4, 3, 32, 32), torch.tensor([3, 7, 3, 99]), torch.tensor([0, 5, 9, 15]))
+    batch = Batch(torch.randn(2, 3, 32, 32), torch.tensor([3, 99]), torch.tensor([0, 15]))
     for name in METHODS:
         student = create_model(student_name, 100)
         method = build_method(name, _context(student, teacher, tmp_path, teacher_name), small_hparams(name))

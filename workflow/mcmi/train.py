@@ -168,7 +168,7 @@ def fit(
             out = objective.step(model, batch, epoch)
             loss = out.loss
             if not torch.isfinite(loss):
-                terms = {k: float(v) for k, v in out.terms.items()}
+                terms = {k: v.item() for k, v in out.terms.items()}
                 raise NonFiniteLossError(f"[{label}] non-finite loss at epoch {epoch}, step {step}: {terms}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
