@@ -38,7 +38,9 @@ def test_paper_config_plans_the_paper_grid(tmp_path):
     result = snakemake("-n", "table1", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["student"] == 12 * 11 * 2 * 5           # Table 1: pairs x methods x {MLL, MCMI} x seeds
+    table1_students = 12 * 11 * 2 * 5                    # Table 1: pairs x methods x {MLL, MCMI} x seeds
+    selection_students = 6 * 4 * 1                       # lambda*: 6 teachers x 4 grid lambdas x 1 KD seed
+    assert counts["student"] == table1_students + selection_students == 1344
     assert counts["student_vanilla"] == 8 * 5             # the "Student Accuracy" row: 8 students x 5 seeds
     assert counts["hsakd_heads"] == 12                    # 6 teachers x {MLL, MCMI}
     assert counts["teacher"] == 6 and counts["mcmi_selected"] == 6
@@ -104,8 +106,8 @@ def test_test_config_runs_end_to_end(tmp_path):
 
 def test_killed_training_job_resumes_through_snakemake(tmp_path):
     def longer(config):
-        config["recipes"]["tiny"]["epochs"] = 8
-        config["datasets"]["digits"]["max_train"] = 400
+        config["recipes"]["tiny"]["epochs"] = 40
+        config["datasets"]["digits"]["max_train"] = 1000
 
     config = _config(tmp_path, longer)
     target = str(tmp_path / "results/digits/teachers/resnet14/MLL/model.pt")
@@ -125,5 +127,5 @@ def test_killed_training_job_resumes_through_snakemake(tmp_path):
     log = (tmp_path / "results/logs/digits/teachers/resnet14/MLL.log").read_text()
     assert "resuming from" in log
     finished = int(re.search(r"after epoch (\d+)", log).group(1))
-    assert f"epoch {finished}/8 " not in log                # the finished epochs were not redone
-    assert "epoch 8/8" in log
+    assert f"epoch {finished}/40 " not in log               # the finished epochs were not redone
+    assert "epoch 40/40" in log

@@ -245,6 +245,11 @@ class WorkflowConfig:
                 "hparams": dict(self.config["methods"].get("HSAKD", {})),
                 "run": {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)}}
 
+    @property
+    def synthetic_threads(self) -> int:
+        """Threads of one synthetic job (its config's ``threads``; 1 lets jobs of several delta_mu share a CPU)."""
+        return int(self.config["experiments"].get("table5", {}).get("synthetic", {}).get("threads", 1))
+
     def synthetic_spec(self, dmu: str, out: str) -> dict[str, Any]:
         return {"stage": "synthetic", "synthetic": dict(self.config["experiments"]["table5"].get("synthetic", {})),
                 "delta_mu": float(dmu), "seed": None, "out_metrics": out}

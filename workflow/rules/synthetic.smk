@@ -9,7 +9,7 @@ rule synthetic:
         spec=lambda wc, output: json.dumps(W.synthetic_spec(wc.dmu, output[0])),
     log:
         res("logs/synthetic/dmu{dmu}.log"),
-    threads: W.threads
+    threads: W.synthetic_threads
     resources:
         mem_mb=4000,
         runtime=60,
