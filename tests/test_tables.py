@@ -155,8 +155,8 @@ def test_table6_lambda_star(tmp_path: Path) -> None:
 
 
 def test_tables_2_3_4_7(tmp_path: Path) -> None:
-    imagenet = [student(tmp_path, "in_kd", 71.5, teacher="resnet34", student="resnet18"),
-                measure(tmp_path, "in_t", 71.0, 0.86, -0.62, teacher="resnet34", variant="MCMI")]
+    imagenet = [student(tmp_path, "in_kd", 71.5, teacher="resnet34", student="resnet18", dataset="imagenet"),
+                measure(tmp_path, "in_t", 71.0, 0.86, -0.62, teacher="resnet34", variant="MCMI", dataset="imagenet")]
     df2 = build_table(2, imagenet, PAPER_DIR)
     assert cell(df2, block="student", teacher="resnet34", method="KD", variant="MCMI",
                 metric="student_top5")["ours_mean"] == pytest.approx(91.5)
@@ -169,8 +169,8 @@ def test_tables_2_3_4_7(tmp_path: Path) -> None:
     assert cell(df3, method="KD", alpha_percent="5", variant=GAIN)["ours_mean"] == pytest.approx(5.0)
     assert len(build_table(1, few, PAPER_DIR).query("ours_n > 0")) == 0  # few-shot runs stay out of Table 1
 
-    es = [measure(tmp_path, "es", 68.0, 0.99, -0.9, teacher="resnet34", variant="ES"),
-          student(tmp_path, "es_kd", 71.2, teacher="resnet34", student="resnet18", variant="ES")]
+    es = [measure(tmp_path, "es", 68.0, 0.99, -0.9, teacher="resnet34", variant="ES", dataset="imagenet"),
+          student(tmp_path, "es_kd", 71.2, teacher="resnet34", student="resnet18", variant="ES", dataset="imagenet")]
     df4 = build_table(4, es, PAPER_DIR)
     assert cell(df4, teacher="resnet34", variant="ES", metric="student_acc")["paper"] == pytest.approx(71.25)
     assert cell(df4, teacher="resnet34", variant="ES", metric="teacher_cmi")["ours_n"] == 1
@@ -183,6 +183,14 @@ def test_tables_2_3_4_7(tmp_path: Path) -> None:
     for n, paths in ((2, imagenet), (3, few), (4, es), (7, lam)):
         make_table(n, paths, PAPER_DIR, str(tmp_path / f"table{n}"))
         assert Path(tmp_path / f"table{n}.md").read_text().count("|") > 10
+
+
+def test_runs_on_another_dataset_never_sit_beside_paper_numbers(tmp_path: Path) -> None:
+    demo = student(tmp_path, "demo", 55.0, dataset="digits")            # paper names, demo data
+    df = build_table(1, [demo], PAPER_DIR)
+    assert cell(df, teacher="resnet56", student="resnet20", method="KD", variant="MCMI")["status"] == NOT_RUN
+    ours = cell(df, teacher="resnet56 [digits]", student="resnet20 [digits]", method="KD", variant="MCMI")
+    assert ours["status"] == NO_PAPER and ours["ours_mean"] == pytest.approx(55.0)
 
 
 def test_missing_key_names_file_and_key(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ Every table is built in long (tidy) form: one row per cell with its keys, the me
 value, ``ours_mean``/``ours_std``/``ours_n`` over the runs of that cell, ``diff = ours_mean - paper``
 and a ``status``: ``ok`` (both), ``not run`` (paper cell we have no run for, never filled) or
 ``no paper value`` (our cell without a published counterpart, shown as "—").
-Matching to the paper is by the cell keys (teacher, student, method, variant, alpha, lambda, ...);
-dataset names are used only as labels.
+Matching to the paper is by the cell keys (teacher, student, method, variant, alpha, lambda, ...),
+and only for runs on the paper's dataset of that table: a run on another dataset (the demo's digits)
+keeps its model names tagged with the dataset, so it can never sit beside a published number.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ DASH = "—"
 GAIN = "MCMI − MLL"
 VALUE_COLUMNS = ["paper", "ours_mean", "ours_std", "ours_n", "diff", "status"]
 
+# The dataset of each table's published numbers (Table 5 is synthetic; Table 6 keys on the dataset).
+PAPER_DATASET = {1: "cifar100", 2: "imagenet", 3: "cifar100", 4: "imagenet", 7: "cifar100"}
 # Tables 3 and 7 are printed for one pair only; their CSVs do not name it (paper, Sec. 6.3 / A.8.3).
 SINGLE_PAIR = ("resnet56", "resnet20")
 DATASET_LABELS = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "imagenet": "ImageNet"}
@@ -434,7 +437,19 @@ def build_table(n: int, metrics_paths: list[str], paper_dir: str) -> pd.DataFram
     """Tidy Table ``n`` (1..7): one row per cell with paper value, ours mean/std/n, diff and status."""
     if n not in BUILDERS:
         raise ValueError(f"no table {n}; known tables: {sorted(BUILDERS)}")
-    return _finish(n, BUILDERS[n](load_metrics(metrics_paths), paper_dir))
+    records = load_metrics(metrics_paths)
+    if n in PAPER_DATASET:
+        records = [_tag_foreign_dataset(r, PAPER_DATASET[n]) for r in records]
+    return _finish(n, BUILDERS[n](records, paper_dir))
+
+
+def _tag_foreign_dataset(record: MetricsRecord, paper_dataset: str) -> MetricsRecord:
+    """A run on another dataset than the paper's gets 'name [dataset]' model names (no paper match)."""
+    dataset = record.run.get("dataset")
+    if dataset is None or dataset == paper_dataset:
+        return record
+    run = {**record.run, **{k: f"{record.run[k]} [{dataset}]" for k in ("teacher", "student") if k in record.run}}
+    return MetricsRecord(record.path, run, record.final, record.history)
 
 
 # ============================================================================ wide layouts for md / tex
