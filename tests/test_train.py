@@ -201,3 +201,12 @@ def test_pretrained_repdistiller_teacher_is_imported_strictly(tmp_path):
     torch.save({"model": wrong.state_dict()}, path)
     with pytest.raises(ValueError, match="ckpt_epoch_240.pth"):
         run_stage(_spec(tmp_path, stage="import", checkpoint=str(path)))
+
+
+def test_local_gpu_jobs_claim_different_gpus(tmp_path, monkeypatch):
+    from mcmi import train
+
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(train, "_GPU_LOCKS", [])
+    assert [train._claim_free_gpu(3) for _ in range(3)] == [0, 1, 2]    # each claim holds its lock
+    assert train._claim_free_gpu(3) == 0                                   # all taken: share the first

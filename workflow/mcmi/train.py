@@ -55,11 +55,37 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a loss becomes NaN or infinite: the job stops instead of training on garbage."""
 
 
+_GPU_LOCKS: list[Any] = []   # open lock files: a GPU stays claimed while this process lives
+
+
+def _claim_free_gpu(count: int) -> int:
+    """Index of the first visible GPU no other job of this machine has claimed (an flock per GPU), so
+    N local jobs on N GPUs spread out although Snakemake sets no CUDA_VISIBLE_DEVICES. Falls back to 0."""
+    import fcntl
+    import tempfile
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all").replace(",", "-")
+    for index in range(count):
+        handle = open(Path(tempfile.gettempdir()) / f"mcmi-gpu-{visible}-{index}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _GPU_LOCKS.append(handle)
+        return index
+    return 0
+
+
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present (torch respects CUDA_VISIBLE_DEVICES), otherwise the CPU."""
+    """CUDA when present (torch respects CUDA_VISIBLE_DEVICES; with several visible GPUs each job
+    claims a free one), otherwise the CPU. ``requested`` other than 'auto' is used as given."""
     if requested and requested != "auto":
         return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    return torch.device(f"cuda:{_claim_free_gpu(count)}" if count > 1 else "cuda")
 
 
 def seed_everything(seed: int) -> None:
