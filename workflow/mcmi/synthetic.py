@@ -381,6 +381,7 @@ def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str) -> dic
     the MLL teacher and one-hot labels; the four students of a seed share initialisation and data order."""
     cfg = resolve_config(config)
     torch.set_num_threads(cfg["threads"])
+    torch.set_flush_denormal(True)   # near-one-hot outputs (large delta_mu) otherwise make steps ~2x slower
     started = time.perf_counter()
     prov = provenance(cfg, seed=None)
     num_classes, seeds = cfg["num_classes"], list(cfg["seeds"])
