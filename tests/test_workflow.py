@@ -111,17 +111,21 @@ def test_killed_training_job_resumes_through_snakemake(tmp_path):
 
     config = _config(tmp_path, longer)
     target = str(tmp_path / "results/digits/teachers/resnet14/MLL/model.pt")
-    command = [*SNAKEMAKE, "-d", str(tmp_path), "--cores", "1", "--configfile", str(config), target]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
+    command = [*SNAKEMAKE, "-d", str(tmp_path), target, "--cores", "1", "--configfile", str(config)]
+    log_file = open(tmp_path / "snakemake.log", "w")
+    proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=_env(),
                             start_new_session=True)
     resume = tmp_path / "results/_resume/digits/teachers/resnet14/MLL/last.pt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not resume.exists():
         time.sleep(0.2)
-    assert resume.exists(), "the job never wrote a resume checkpoint"
+    assert resume.exists(), "the job never wrote a resume checkpoint:\n" + (tmp_path / "snakemake.log").read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)                    # the whole job dies, as on a node failure
     proc.wait(timeout=60)
-    result = subprocess.run([*command, "--rerun-incomplete"], capture_output=True, text=True, timeout=600,
+    unlock = subprocess.run([*command[:-2], "--unlock", *command[-2:]], capture_output=True, text=True,
+                            timeout=120, env=_env())           # a killed Snakemake leaves its lock behind
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+    result = subprocess.run([*command[:-2], "--rerun-incomplete", *command[-2:]], capture_output=True, text=True, timeout=600,
                             env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "results/logs/digits/teachers/resnet14/MLL.log").read_text()
