@@ -210,3 +210,35 @@ def test_local_gpu_jobs_claim_different_gpus(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "_GPU_LOCKS", [])
     assert [train._claim_free_gpu(3) for _ in range(3)] == [0, 1, 2]    # each claim holds its lock
     assert train._claim_free_gpu(3) == 0                                   # all taken: share the first
+
+
+def test_student_resume_restores_the_method_state_but_does_not_store_the_teacher(tmp_path):
+    """CRD's memory banks and embeddings come back on resume; the frozen teacher is not re-saved."""
+    from mcmi.distill import Distillation, PairContext, build_method
+    from mcmi.models import probe_shapes
+
+    train, test = tiny_data(), tiny_data(seed=1)
+    torch.manual_seed(5)
+    teacher = create_model("resnet14", 4)
+
+    def run(resume, stop=None):
+        torch.manual_seed(0)
+        student = create_model("resnet8", 4)
+        ctx = PairContext(student=probe_shapes(student, (3, 8, 8)), teacher=probe_shapes(teacher, (3, 8, 8)),
+                          num_classes=4, num_train=len(train), train_labels=train.labels, epochs=3,
+                          input_shape=(3, 8, 8))
+        objective = Distillation(build_method("CRD", ctx, {"nce_k": 16}), teacher)
+        fit(student, objective, train, test, Recipe(**RECIPE), seed=0, device=torch.device("cpu"),
+            resume_path=resume, stop_after_epoch=stop)
+        return student, objective
+
+    full_student, full_objective = run(None)
+    resume = tmp_path / "last.pt"
+    run(resume, stop=2)
+    saved = torch.load(resume, weights_only=True)["objective"]
+    assert saved and not any(key.startswith("teacher") for key in saved)
+    student, objective = run(resume)
+    for key, value in full_student.state_dict().items():
+        assert torch.equal(value, student.state_dict()[key]), key
+    for key, value in full_objective.state_dict().items():
+        assert torch.equal(value, objective.state_dict()[key]), key

@@ -86,6 +86,14 @@ class Distillation(Objective):
     def step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         return self.method.step(model, self.teacher, batch, epoch)
 
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The method's state only: the frozen teacher is an input, not training state, so resume
+        checkpoints do not copy its weights every epoch."""
+        return self.method.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.method.load_state_dict(state_dict, strict=strict, assign=assign)
+
     def describe(self) -> dict:
         return {"objective": "distillation", "method": self.method.name, "hparams": self.method.hparams}
 
