@@ -8,7 +8,7 @@ CORES ?= 2
 
 .PHONY: setup demo test lint benchmark clean-demo
 
-$(VENV)/.complete: pyproject.toml
+$(VENV)/.complete:   # the folder name already encodes pyproject.toml, so a fresh clone reuses it
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,slurm]'
