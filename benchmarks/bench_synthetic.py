@@ -1,8 +1,9 @@
 """Throughput of the synthetic Gaussian (Table 5) training: plain torch.nn + torch.optim vs the batched stack.
 
 Prints model-epochs per second (one model-epoch = one pass over the 90,000 training points at batch 32,
-2,813 steps) for one plain model and for stacks of M members, and projects the wall time of the full
-table (4 dmu x (5 MLL teachers + 5 x |lambda grid| MCMI fine-tunings + 20 students) x 5 seeds) from them.
+2,813 steps) for one plain model and for stacks of M members trained by the batched torch steps and by
+the fused C++ kernel, and projects the wall time of the full table (4 dmu x (5 MLL teachers + 5 x
+|lambda grid| MCMI fine-tunings + 20 students) x 5 seeds) from them, for one job at a time.
 With --run it also runs run_synthetic at full scale for one dmu or all four and reports the measured time.
 
     python benchmarks/bench_synthetic.py --threads 2 --steps 400
@@ -28,6 +29,7 @@ from mcmi.synthetic import (
     seeded_mlp,
     split_sizes,
     task_means,
+    select_kernel,
     train_reference,
     train_stack,
 )
@@ -51,11 +53,11 @@ def plain_steps_per_s(x: torch.Tensor, targets: torch.Tensor, steps: int) -> flo
     return steps / (time.perf_counter() - start)
 
 
-def batched_steps_per_s(x: torch.Tensor, targets: torch.Tensor, members: int) -> float:
-    """Steps per second of a stack of ``members`` MLPs (one epoch over x)."""
+def batched_steps_per_s(x: torch.Tensor, targets: torch.Tensor, members: int, kernel) -> float:
+    """Steps per second of a stack of ``members`` MLPs (one epoch over x) with ``kernel`` (None: torch)."""
     stack = MLPStack.from_models([seeded_mlp(s, DEFAULTS["dim"], DEFAULTS["hidden"], DEFAULTS["num_classes"])
                                   for s in range(members)])
-    kwargs = {"batch_size": DEFAULTS["batch_size"], "lr": DEFAULTS["lr"], "log": lambda _: None}
+    kwargs = {"batch_size": DEFAULTS["batch_size"], "lr": DEFAULTS["lr"], "log": lambda _: None, "kernel": kernel}
     train_stack(stack, x[:640], targets[:640].expand(members, -1, -1), list(range(members)), epochs=1, **kwargs)
     start = time.perf_counter()
     train_stack(stack, x, targets.expand(members, -1, -1), list(range(members)), epochs=1, **kwargs)
@@ -79,17 +81,19 @@ def main() -> None:
     plain = plain_steps_per_s(x, targets, args.steps) / steps_per_epoch
     print(f"threads={args.threads} steps/epoch={steps_per_epoch}")
     print(f"plain   M=1   {plain:8.4f} model-epochs/s")
-    rates = {}
-    for members in (seeds, 4 * seeds, grid * seeds):
-        rates[members] = members * batched_steps_per_s(x, targets, members) / steps_per_epoch
-        print(f"batched M={members:<3d} {rates[members]:8.4f} model-epochs/s  ({rates[members] / plain:.1f}x plain)")
-
     epochs, mcmi_epochs = DEFAULTS["epochs"], DEFAULTS["mcmi_epochs"]
-    per_dmu_batched = (seeds * epochs / rates[seeds] + 4 * seeds * epochs / rates[4 * seeds]
-                       + grid * seeds * mcmi_epochs / rates[grid * seeds])
+    for name, kernel in (("torch", None), ("C++", select_kernel("cpp"))):
+        rates = {}
+        for members in (seeds, 4 * seeds, grid * seeds):
+            rates[members] = members * batched_steps_per_s(x, targets, members, kernel) / steps_per_epoch
+            print(f"batched {name:5s} M={members:<3d} {rates[members]:8.4f} model-epochs/s  "
+                  f"({rates[members] / plain:.1f}x plain)")
+        per_dmu = (seeds * epochs / rates[seeds] + 4 * seeds * epochs / rates[4 * seeds]
+                   + grid * seeds * mcmi_epochs / rates[grid * seeds])
+        print(f"projected full table (4 dmu, one job at a time), {name}: {4 * per_dmu / 60:.1f} min "
+              f"({per_dmu / 60:.1f} min per dmu)")
     per_dmu_plain = (seeds * epochs + 4 * seeds * epochs + grid * seeds * mcmi_epochs) / plain
-    print(f"projected full table (4 dmu): batched {4 * per_dmu_batched / 60:.1f} min "
-          f"({per_dmu_batched / 60:.1f} min per dmu), plain {4 * per_dmu_plain / 3600:.1f} h")
+    print(f"projected full table, plain loop: {4 * per_dmu_plain / 3600:.1f} h")
 
     if args.run:
         chosen = DELTA_MUS if args.run == "all" else (float(args.run),)

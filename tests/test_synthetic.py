@@ -9,18 +9,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcmi import synthetic
 from mcmi.cmi import mcmi_loss
+from mcmi.kernels import mlp_stack
 from mcmi.synthetic import (
     TARGETS,
     MLPStack,
     bayes_posterior,
+    resolve_config,
     run_synthetic,
     sample_gaussian,
     seeded_mlp,
+    select_kernel,
     task_means,
     train_reference,
     train_stack,
 )
+
+KERNELS = {"torch": lambda: None, "cpp": mlp_stack}  # the C++ one is built on first use (~1 min)
 
 
 def _small_task(num_points: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
@@ -63,18 +69,41 @@ def _params_of(model: nn.Sequential) -> list[torch.Tensor]:
     return out
 
 
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_batched_training_equals_plain_training(optimizer: str) -> None:
+def test_batched_training_equals_plain_training(optimizer: str, kernel: str) -> None:
     _, x, y, _ = _small_task(150)  # 150 = 4 full batches of 32 and a partial one per epoch
     x = x.double()
     soft = torch.softmax(torch.randn(2, 150, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
     models = [seeded_mlp(seed, 5, 8, 4, torch.float64) for seed in (11, 12)]
     stack = MLPStack.from_models(models)
-    train_stack(stack, x, soft, [21, 22], epochs=3, batch_size=32, lr=1e-2, optimizer=optimizer, log=lambda _: None)
+    train_stack(stack, x, soft, [21, 22], epochs=3, batch_size=32, lr=1e-2, optimizer=optimizer,
+                kernel=KERNELS[kernel](), log=lambda _: None)
     for member, (model, order_seed) in enumerate(zip(models, (21, 22))):
         train_reference(model, x, soft[member], order_seed, epochs=3, batch_size=32, lr=1e-2, optimizer=optimizer)
         for batched, plain in zip(stack.params, _params_of(model)):
             assert torch.allclose(batched[member], plain, rtol=1e-10, atol=1e-12)
+
+
+def _mcmi_run(kernel, dtype: torch.dtype, hidden: int = 8) -> tuple[MLPStack, list[dict]]:
+    _, x, y, _ = _small_task(150)
+    stack = MLPStack.from_models([seeded_mlp(seed, 5, hidden, 4, dtype) for seed in (3, 4, 5)])
+    log_q = torch.softmax(torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(2), dtype=dtype), -1).log()
+    history = train_stack(stack, x.to(dtype), F.one_hot(y, 4).to(dtype).expand(3, -1, -1), [7, 7, 8], epochs=2,
+                          batch_size=32, lr=1e-2, schedule="cosine", lam=torch.tensor([0.0, 0.1, 0.3]),
+                          log_centroids=log_q, labels=y, kernel=kernel, log=lambda _: None)
+    return stack, history
+
+
+def test_cpp_kernel_equals_torch_steps_on_the_mcmi_objective() -> None:
+    """Same members, same data order, shared (expanded) targets: the two kernels agree in float64 to
+    rounding and in float32 to float32 precision, parameters and per-epoch losses alike."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        (torch_stack, torch_history), (cpp_stack, cpp_history) = (_mcmi_run(None, dtype, hidden=24),
+                                                                  _mcmi_run(mlp_stack(), dtype, hidden=24))
+        assert torch.allclose(cpp_stack.flat, torch_stack.flat, rtol=tol, atol=tol)
+        for ours, theirs in zip(cpp_history, torch_history):
+            assert ours["loss_mean"] == pytest.approx(theirs["loss_mean"], rel=tol)
 
 
 def test_mcmi_gradient_matches_autograd_of_cmi_loss() -> None:
@@ -97,13 +126,29 @@ def test_mcmi_gradient_matches_autograd_of_cmi_loss() -> None:
         assert torch.allclose(batched[0], plain, rtol=1e-10, atol=1e-13)
 
 
-def test_non_finite_loss_raises() -> None:
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_non_finite_loss_raises(kernel: str) -> None:
     _, x, y, _ = _small_task(64)
     x[5, 0] = float("nan")
     stack = MLPStack.from_models([seeded_mlp(0, 5, 8, 4)])
     with pytest.raises(RuntimeError, match="stage 'nan-check' at epoch 1"):
         train_stack(stack, x, F.one_hot(y, 4).float().unsqueeze(0), [0], epochs=2, batch_size=32, lr=1e-3,
-                    stage="nan-check", log=lambda _: None)
+                    stage="nan-check", kernel=KERNELS[kernel](), log=lambda _: None)
+
+
+def test_kernel_choice_falls_back_only_when_allowed(monkeypatch) -> None:
+    def broken() -> None:
+        raise RuntimeError("could not build the C++ MLP kernel (no compiler)")
+
+    monkeypatch.setattr(synthetic, "mlp_stack", broken)
+    messages: list[str] = []
+    assert select_kernel("auto", log=messages.append) is None
+    assert "no compiler" in messages[0] and "torch" in messages[0]
+    with pytest.raises(RuntimeError, match="no compiler"):
+        select_kernel("cpp")
+    assert select_kernel("torch") is None
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        resolve_config({"kernel": "cuda"})
 
 
 def test_run_synthetic_tiny_config_writes_all_records(tmp_path) -> None:
@@ -120,3 +165,4 @@ def test_run_synthetic_tiny_config_writes_all_records(tmp_path) -> None:
     assert {(t["variant"], t["seed"]) for t in final["teachers"]} == {(v, s) for v in ("MLL", "MCMI") for s in (0, 1)}
     assert final["lambda_selected"] in final["lambda_grid"] and set(final["lambda_scores"]) == {"0.1", "0.2"}
     assert metrics["provenance"]["config"]["epochs"] == 2 and metrics["history"]
+    assert final["kernel"] == "cpp"  # "auto" builds and uses the C++ kernel where a compiler exists

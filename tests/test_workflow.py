@@ -78,6 +78,7 @@ def _config(tmp_path: Path, edit=None) -> Path:
     (lambda c: c["teachers"]["pretrained"].update(digits={"resnet14": "/nonexistent/ckpt.pth"}),
      "teachers.pretrained.digits.resnet14"),
     (lambda c: c["experiments"]["table1"].update(dataset="cifar1000"), "experiments.table1.dataset"),
+    (lambda c: c["experiments"]["table5"]["synthetic"].update(kernel="cuda"), "experiments.table5.synthetic"),
 ])
 def test_bad_config_fails_validation_naming_the_key(tmp_path, edit, key):
     result = snakemake("-n", "--configfile", str(_config(tmp_path, edit)), workdir=tmp_path, timeout=120)

@@ -83,6 +83,13 @@ class WorkflowConfig:
             for model, path in models.items():
                 if not Path(path).is_file():
                     raise ConfigError(f"teachers.pretrained.{ds}.{model}: checkpoint {path} does not exist")
+        if "synthetic" in cfg["experiments"].get("table5", {}):
+            from mcmi.synthetic import resolve_config
+
+            try:
+                resolve_config(cfg["experiments"]["table5"]["synthetic"])
+            except ValueError as error:
+                raise ConfigError(f"experiments.table5.synthetic: {error}") from error
         if "figure4" in cfg["experiments"]:
             exp = cfg["experiments"]["figure4"]
             if len(set(exp["removed_classes"])) != len(exp["removed_classes"]):
