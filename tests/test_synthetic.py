@@ -166,3 +166,20 @@ def test_run_synthetic_tiny_config_writes_all_records(tmp_path) -> None:
     assert final["lambda_selected"] in final["lambda_grid"] and set(final["lambda_scores"]) == {"0.1", "0.2"}
     assert metrics["provenance"]["config"]["epochs"] == 2 and metrics["history"]
     assert final["kernel"] == "cpp"  # "auto" builds and uses the C++ kernel where a compiler exists
+
+
+def test_stale_build_lock_is_removed_and_a_live_one_kept(tmp_path) -> None:
+    import os
+    import time
+
+    from mcmi.kernels import _remove_stale_lock
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    _remove_stale_lock(lock, max_age_s=600)
+    assert lock.exists()  # a build in progress holds it
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    _remove_stale_lock(lock, max_age_s=600)
+    assert not lock.exists()
+    _remove_stale_lock(lock, max_age_s=600)  # nothing there: no error
