@@ -27,9 +27,9 @@ from mcmi.synthetic import (
     run_synthetic,
     sample_gaussian,
     seeded_mlp,
+    select_kernel,
     split_sizes,
     task_means,
-    select_kernel,
     train_reference,
     train_stack,
 )

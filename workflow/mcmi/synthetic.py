@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 KERNELS = ("auto", "cpp", "torch")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, used by both kernels
 
 _CRITERIA = ("val_pdist", "val_nll")
 
@@ -141,6 +142,10 @@ class MLPStack:
         """A new stack holding ``times`` copies of this one (copy-major: member c * M + m)."""
         return MLPStack([view.repeat(times, 1, 1) for view in self.params])
 
+    def zeros_like_params(self) -> list[torch.Tensor]:
+        """Zero tensors shaped like ``params`` (views of one new flat buffer), e.g. optimizer state."""
+        return self._views(torch.zeros_like(self.flat), [tuple(view.shape[1:]) for view in self.params])
+
     def _views(self, buffer: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
         views, offset = [], 0
         for rows, cols in shapes:
@@ -197,8 +202,8 @@ class StackedAdam:
     """torch.optim.Adam(fused=True) (no weight decay, no amsgrad) on the flat buffer: one fused pass
     per step over all members, the same kernel torch.optim runs for each model's tensors."""
 
-    def __init__(self, params: torch.Tensor, grads: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+    def __init__(self, params: torch.Tensor, grads: torch.Tensor, betas: tuple[float, float] = ADAM_BETAS,
+                 eps: float = ADAM_EPS) -> None:
         self.params, self.grads, self.betas, self.eps = [params], [grads], betas, eps
         self.exp_avg, self.exp_avg_sq = [torch.zeros_like(params)], [torch.zeros_like(params)]
         self.steps = [torch.zeros((), dtype=torch.float32)]
@@ -302,18 +307,18 @@ def _epoch_runner(
     """A function (perms (M, N), lr) -> per-member loss sums (M,) float64 that trains one epoch."""
     num, dtype = x.shape[0], stack.flat.dtype
     if kernel is not None:
-        states = [torch.zeros_like(stack.flat) for _ in range(2)]
-        views = [stack._views(state, [tuple(p.shape[1:]) for p in stack.params]) for state in states]
-        empty = torch.empty(0, dtype=dtype)
-        mcmi = lam is not None
-        extras = ((lam.to(dtype).contiguous(), log_centroids.to(dtype).contiguous(), labels.contiguous())
-                  if mcmi else (empty, empty, torch.empty(0, dtype=torch.long)))
+        exp_avg, exp_avg_sq = stack.zeros_like_params(), stack.zeros_like_params()  # SGD uses the first only
+        x, targets = x.contiguous(), targets.to(dtype)
+        if lam is None:
+            extras = (torch.empty(0, dtype=dtype), torch.empty(0, dtype=dtype), torch.empty(0, dtype=torch.long))
+        else:
+            extras = (lam.to(dtype).contiguous(), log_centroids.to(dtype).contiguous(), labels.contiguous())
         steps_done = [0]
 
         def kernel_epoch(perms: torch.Tensor, rate: float) -> torch.Tensor:
-            losses = kernel.train_epoch(x.contiguous(), targets.to(dtype), perms.contiguous(), stack.params, views[0],
-                                        views[1], steps_done[0], rate, optimizer == "adam", 0.9, 0.999, 1e-8,
-                                        momentum, batch_size, *extras)
+            losses = kernel.train_epoch(x, targets, perms.contiguous(), stack.params, exp_avg, exp_avg_sq,
+                                        steps_done[0], rate, optimizer == "adam", *ADAM_BETAS, ADAM_EPS, momentum,
+                                        batch_size, *extras)
             steps_done[0] += math.ceil(num / batch_size)
             return losses
 

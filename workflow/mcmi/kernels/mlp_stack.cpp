@@ -162,7 +162,7 @@ at::Tensor train_epoch(const at::Tensor& x, const at::Tensor& targets, const at:
         "expected six parameter tensors and six of each optimizer state");
   check(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (N, D) tensor");
   check(targets.dim() == 3 && perms.dim() == 2 && perms.scalar_type() == at::kLong, "bad targets/perms");
-  const int64_t members = params[0].size(0);
+  const int64_t members = params[0].size(0), k = params[4].size(2);
   for (size_t j = 0; j < params.size(); ++j) {
     check(params[j].is_contiguous() && state1[j].is_contiguous() && state2[j].is_contiguous(),
           "parameters and states must be contiguous");
@@ -170,9 +170,11 @@ at::Tensor train_epoch(const at::Tensor& x, const at::Tensor& targets, const at:
     check(params[j].size(0) == members, "all parameter tensors need the same member count");
   }
   check(perms.size(0) == members && perms.size(1) == x.size(0) && perms.stride(1) == 1, "perms must be (M, N)");
-  check(targets.size(0) == members && targets.size(1) == x.size(0), "targets must be (M, N, K)");
+  check(targets.size(0) == members && targets.size(1) == x.size(0) && targets.size(2) == k,
+        "targets must be (M, N, K)");
   const bool mcmi = lam.defined() && lam.numel() > 0;
-  if (mcmi) check(lam.numel() == members && log_q.is_contiguous() && labels.scalar_type() == at::kLong,
+  if (mcmi) check(lam.numel() == members && log_q.is_contiguous() && log_q.numel() == members * k * k &&
+                      labels.scalar_type() == at::kLong && labels.numel() == x.size(0),
                   "MCMI needs lam (M,), contiguous log_q (M, K, K) and int64 labels (N,)");
   const mlp::Optim opt{adam, lr, beta1, beta2, eps, momentum};
   auto losses = at::zeros({members}, x.options().dtype(at::kDouble));
@@ -181,7 +183,7 @@ at::Tensor train_epoch(const at::Tensor& x, const at::Tensor& targets, const at:
   for (const auto& t : params) param_count += t.size(1) * t.size(2);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_stack_train_epoch", [&] {
     at::parallel_for(0, members, 1, [&](int64_t first, int64_t last) {
-      Workspace<scalar_t> ws(batch_size, x.size(1), params[0].size(2), params[4].size(2), param_count);
+      Workspace<scalar_t> ws(batch_size, x.size(1), params[0].size(2), k, param_count);
       for (int64_t m = first; m < last; ++m)
         train_member<scalar_t>(m, x, targets, perms, params, state1, state2, step0, opt, batch_size, lam, log_q,
                                labels, ws, loss_ptr + m);
