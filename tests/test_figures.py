@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mcmi.figures import lr_decay_epochs, make_confusion_figure, make_figure, row_normalise
+from mcmi.figures import lr_decay_epochs, make_figure, row_normalise
 
 
 def write_metrics(directory: Path, name: str, run: dict[str, Any], final: dict[str, Any],
@@ -68,10 +68,10 @@ def test_confusion_figure(tmp_path: Path) -> None:
                            {"stage": "student", "teacher": "resnet56", "student": "resnet20", "method": "KD",
                             "variant": variant, "removed_classes": [1, 3]},
                            {"test_acc": 50.0, "confusion": confusion}) for variant in ("MLL", "MCMI")]
-    make_confusion_figure(paths, str(tmp_path / "confusion"))
+    make_figure(4, paths, str(tmp_path / "confusion"))
     assert_written(tmp_path / "confusion")
     assert np.allclose(row_normalise(np.array(confusion)).sum(axis=1), 1.0)
     broken = write_metrics(tmp_path, "zs_broken", {"stage": "student", "student": "resnet20"},
                            {"confusion": confusion})
     with pytest.raises(ValueError, match=r"zs_broken\.json.*run\.removed_classes"):
-        make_confusion_figure([broken], str(tmp_path / "bad"))
+        make_figure(4, [broken], str(tmp_path / "bad"))

@@ -62,12 +62,9 @@ def _cmd_table(args: argparse.Namespace) -> None:
 
 
 def _cmd_figure(args: argparse.Namespace) -> None:
-    from mcmi.figures import make_confusion_figure, make_figure
+    from mcmi.figures import make_figure
 
-    if args.number == 4:
-        make_confusion_figure(args.metrics, args.out)
-    else:
-        make_figure(args.number, args.metrics, args.out)
+    make_figure(args.number, args.metrics, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -153,16 +153,6 @@ def _figure_training_curves(records: list[MetricsRecord], out_prefix: str) -> No
         _save(fig, out_prefix)
 
 
-FIGURES: dict[int, Callable[[list[MetricsRecord], str], None]] = {1: _figure_temperature, 2: _figure_training_curves}
-
-
-def make_figure(n: int, metrics_paths: list[str], out_prefix: str) -> None:
-    """Write Figure ``n`` (1 or 2) as ``{prefix}.pdf`` and ``{prefix}.png``."""
-    if n not in FIGURES:
-        raise ValueError(f"no figure {n}; known figures: {sorted(FIGURES)}")
-    FIGURES[n](load_metrics(metrics_paths), out_prefix)
-
-
 # ------------------------------------------------------------------------ zero-shot confusion matrices
 def row_normalise(confusion: np.ndarray) -> np.ndarray:
     """Each row (true class) divided by its count; empty rows stay zero."""
@@ -170,10 +160,10 @@ def row_normalise(confusion: np.ndarray) -> np.ndarray:
     return np.divide(confusion, totals, out=np.zeros_like(confusion, dtype=float), where=totals > 0)
 
 
-def make_confusion_figure(metrics_paths: list[str], out_prefix: str) -> None:
+def _figure_confusion(records: list[MetricsRecord], out_prefix: str) -> None:
     """Per zero-shot student (counts summed over seeds): row-normalised confusion heatmap, removed classes marked."""
     groups: dict[tuple[str, ...], dict] = {}
-    for record in load_metrics(metrics_paths):
+    for record in records:
         if "confusion" not in record.final:
             continue
         confusion = np.asarray(record.final["confusion"], dtype=float)
@@ -209,3 +199,17 @@ def make_confusion_figure(metrics_paths: list[str], out_prefix: str) -> None:
         fig.suptitle("Row-normalised confusion of zero-shot students; * = class removed from the student's "
                      "training set")
         _save(fig, out_prefix)
+
+
+FIGURES: dict[int, Callable[[list[MetricsRecord], str], None]] = {
+    1: _figure_temperature,        # teacher CMI vs student accuracy over the temperature
+    2: _figure_training_curves,    # CMI and LL per epoch of MLL training
+    4: _figure_confusion,          # zero-shot students' confusion matrices
+}
+
+
+def make_figure(n: int, metrics_paths: list[str], out_prefix: str) -> None:
+    """Write Figure ``n`` (any of ``FIGURES``) as ``{prefix}.pdf`` and ``{prefix}.png``."""
+    if n not in FIGURES:
+        raise ValueError(f"no figure {n}; known figures: {sorted(FIGURES)}")
+    FIGURES[n](load_metrics(metrics_paths), out_prefix)

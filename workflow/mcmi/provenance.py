@@ -1,9 +1,13 @@
-"""Where a result came from (config, seed, versions, commit) and atomic JSON/torch writes."""
+"""Where a result came from (config, seed, versions, commit), the fingerprint of a job spec, and
+atomic, strict JSON/torch writes and reads."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import glob
+import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -65,29 +69,113 @@ def provenance(config: dict[str, Any], seed: int | None, device: str | torch.dev
     }
 
 
+def _file_mode() -> int:
+    """Permissions of a new ordinary file under the current umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+TMP_SUFFIX = ".tmp"
+
+
 def _atomic(path: str | os.PathLike, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)   # leftovers of an earlier write of this path that was killed
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode())   # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that an interrupted atomic write of ``path`` left beside it (a killed
+    process cannot clean up after itself); returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"))
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
+
+
+class NonFiniteValueError(ValueError):
+    """A NaN or infinity where a result is expected; the message names the file and the field."""
+
+
+def find_non_finite(obj: Any, where: str = "") -> str | None:
+    """The key path of the first NaN/inf float in a JSON-like object (``None`` when all are finite)."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (where or "<value>")
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = find_non_finite(value, f"{where}[{key}]" if isinstance(key, int) else
+                                f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON; readers never see a half-written file."""
-    _atomic(path, lambda h: h.write(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable).encode()))
+    """Write ``obj`` as indented, strict JSON (a NaN/inf is refused, naming the field); readers never
+    see a half-written file."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    except ValueError:
+        field = find_non_finite(json.loads(json.dumps(obj, default=_jsonable)))
+        raise NonFiniteValueError(f"{path}: refusing to write a non-finite number at {field}") from None
+    _atomic(path, lambda h: h.write(text.encode()))
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} (strict JSON has none)")
+
+
+def read_json_strict(path: str | os.PathLike) -> Any:
+    """Read a JSON file refusing NaN/Infinity; errors name the file."""
+    try:
+        return json.loads(Path(path).read_text(), parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from error
+    except ValueError as error:   # raised by _refuse_constant
+        raise NonFiniteValueError(f"{path}: {error}") from error
+
+
+def canonical_json(obj: Any) -> str:
+    """One text per value whatever the key order: what job specs are compared and hashed by."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_jsonable)
+
+
+def spec_fingerprint(spec: dict[str, Any]) -> str:
+    """SHA-256 of a job spec's canonical JSON: a resume checkpoint belongs to exactly one spec."""
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
 
 
 def save_torch_atomic(path: str | os.PathLike, obj: Any) -> None:
     """torch.save through a temporary file and a rename."""
     _atomic(path, lambda h: torch.save(obj, h))
+
+
+def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy ``source`` to ``path`` through a temporary file and a rename."""
+    import shutil
+
+    with open(source, "rb") as src:
+        _atomic(path, lambda h: shutil.copyfileobj(src, h))
 
 
 def load_torch(path: str | os.PathLike) -> Any:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections import defaultdict
 from statistics import mean
 from typing import Sequence
 
-from mcmi.provenance import now, versions, write_json_atomic
+from mcmi.provenance import copy_file_atomic, now, read_json_strict, versions, write_json_atomic
 from mcmi.workflow_config import lam_str
 
 
@@ -18,8 +16,7 @@ def select_lambda(metrics_paths: Sequence[str], out_path: str, *, teacher: str, 
     validation split); the score's name says so."""
     scores: dict[float, list[float]] = defaultdict(list)
     for path in metrics_paths:
-        with open(path) as handle:
-            metrics = json.load(handle)
+        metrics = read_json_strict(path)
         run = metrics.get("run", {})
         if "lam" not in run:
             raise ValueError(f"{path}: run has no 'lam'; select-lambda needs students of the lambda grid")
@@ -45,18 +42,14 @@ def adopt_teacher(template: str, out_model: str, out_metrics: str, *, selection:
     """Copy the grid teacher at lambda* (from ``selection`` or the given ``lam``) to the MCMI teacher's
     paths; its metrics say which lambda was adopted and why."""
     if selection is not None:
-        with open(selection) as handle:
-            lam = float(json.load(handle)["final"]["lambda_star"])
+        lam = float(read_json_strict(selection)["final"]["lambda_star"])
     if lam is None:
         raise ValueError("adopt-teacher needs a selection file or a lambda")
     source = template.replace("{lam}", lam_str(lam))
-    with open(f"{source}/metrics.json") as handle:
-        metrics = json.load(handle)
+    metrics = read_json_strict(f"{source}/metrics.json")
     metrics["run"].update(variant="MCMI", lam=lam)
     metrics["adopted"] = {"from": source, "lambda_star": lam, "by": "selection" if selection else "paper value",
                           "selection_file": selection}
-    tmp = f"{out_model}.tmp"
-    shutil.copyfile(f"{source}/model.pt", tmp)
-    shutil.move(tmp, out_model)
+    copy_file_atomic(f"{source}/model.pt", out_model)
     write_json_atomic(out_metrics, metrics)
     return lam

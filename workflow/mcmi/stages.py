@@ -21,7 +21,8 @@ from mcmi.distill import Distillation, PairContext, build_method
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.provenance import now, provenance, save_torch_atomic, write_json_atomic
+from mcmi.provenance import (now, provenance, remove_stale_temporaries, save_torch_atomic, spec_fingerprint,
+                             write_json_atomic)
 from mcmi.train import Recipe, evaluate, fit, measure_cmi, pick_device, seed_everything
 
 StageFn = Callable[[dict[str, Any]], dict[str, Any]]
@@ -39,6 +40,12 @@ def _require(spec: dict[str, Any], *keys: str) -> None:
     missing = [k for k in keys if k not in spec]
     if missing:
         raise ValueError(f"job spec for stage {spec.get('stage')!r} lacks key(s) {missing}")
+
+
+def _resume(spec: dict[str, Any]) -> dict[str, Any]:
+    """``fit``'s resume arguments: the job's checkpoint path and the fingerprint of its whole spec,
+    so a checkpoint written under another recipe or hyperparameters is never resumed."""
+    return {"resume_path": spec.get("resume"), "resume_key": spec_fingerprint(spec)}
 
 
 def _load_model(name: str, num_classes: int, checkpoint: str | None = None) -> torch.nn.Module:
@@ -87,7 +94,7 @@ def train_teacher(spec: dict[str, Any]) -> dict[str, Any]:
     device, train, test = _setup(spec)
     model = _load_model(spec["model"], train.num_classes)
     history = fit(model, CrossEntropy(), train, test, recipe, seed=int(spec["seed"]), device=device,
-                  resume_path=spec.get("resume"), cmi_every=int(spec.get("cmi_every", 0)),
+                  **_resume(spec), cmi_every=int(spec.get("cmi_every", 0)),
                   stop_after_epoch=spec.get("stop_after_epoch"), label=f"teacher {spec['model']}")
     final = _final_from_history(history)
     _save_model(spec["out_model"], model, spec["model"], final["epochs"], final["test_acc"])
@@ -135,7 +142,7 @@ def finetune_mcmi(spec: dict[str, Any]) -> dict[str, Any]:
     centroids = compute_centroids(model, train, recipe.batch_size, device, spec.get("centroid_pass", "eval"),
                                   torch.Generator().manual_seed(int(spec["seed"]) + 10_000))
     history = fit(model, MCMIObjective(centroids, lam), train, test, recipe, seed=int(spec["seed"]),
-                  device=device, resume_path=spec.get("resume"), cmi_every=int(spec.get("cmi_every", 0)),
+                  device=device, **_resume(spec), cmi_every=int(spec.get("cmi_every", 0)),
                   label=f"mcmi {spec['model']} lambda={lam}")
     final = _final_from_history(history)
     _save_model(spec["out_model"], model, spec["model"], final["epochs"], final["test_acc"])
@@ -185,7 +192,7 @@ def train_student(spec: dict[str, Any]) -> dict[str, Any]:
     )
     method = build_method(spec["method"], ctx, spec.get("hparams"))
     history = fit(student, Distillation(method, teacher), train, test, recipe, seed=int(spec["seed"]),
-                  device=device, resume_path=spec.get("resume"),
+                  device=device, **_resume(spec),
                   label=f"student {spec['student']} <- {spec.get('teacher', '-')} [{spec['method']}]")
     final = _final_from_history(history)
     final["method_hparams"] = method.hparams
@@ -203,20 +210,26 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; known: {sorted(STAGES)}")
     Path(spec["out_metrics"]).parent.mkdir(parents=True, exist_ok=True)
+    for path in (spec.get("out_metrics"), spec.get("out_model"), spec.get("resume")):
+        if path:
+            for leftover in remove_stale_temporaries(path):
+                print(f"removed {leftover}, left by an interrupted write", flush=True)
     return STAGES[name](spec)
 
 
 @stage("prepare_data")
 def prepare_data(spec: dict[str, Any]) -> dict[str, Any]:
-    """Make the dataset available (download or generate where configured), load it once, and record
-    its sizes: every training job on it depends on this."""
-    from mcmi.data.sources import write_demo_image_folder
+    """Make the dataset available (download or generate where configured), load and check it once
+    (file formats, labels, train/val classes, every streamed image), and record its sizes: every
+    training job on it depends on this, so bad data fails here, naming the file."""
+    from mcmi.data.sources import verify_dataset, write_demo_image_folder
 
     _require(spec, "dataset", "out_metrics")
     ds = spec["dataset"]
     if ds["kind"] == "demo_imagefolder":
         write_demo_image_folder(ds["root"], ds.get("per_class", 20), image_size=ds.get("image_size", 32))
     train, test = load_dataset(ds)
+    verify_dataset(train, test)
     final = {"train_size": len(train), "test_size": len(test), "num_classes": train.num_classes,
              "input_shape": list(train.input_shape)}
     return _finish(spec, "prepare_data", final, [], torch.device("cpu"))
@@ -244,7 +257,7 @@ def train_hsakd_heads(spec: dict[str, Any]) -> dict[str, Any]:
         p.requires_grad_(False)
     objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes)
     history = fit(teacher, objective, train, test, recipe, seed=int(spec["seed"]), device=device,
-                  resume_path=spec.get("resume"), label=f"hsakd heads {spec['model']}")
+                  **_resume(spec), label=f"hsakd heads {spec['model']}")
     save_teacher_heads(objective.heads, spec["out_model"])
     return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"],
                                          "train_loss": history[-1]["train_loss"]}, history, device)

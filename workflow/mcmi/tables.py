@@ -11,7 +11,6 @@ keeps its model names tagged with the dataset, so it can never sit beside a publ
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
+from mcmi.provenance import read_json_strict
 
 OK, NOT_RUN, NO_PAPER = "ok", "not run", "no paper value"
 DASH = "—"
@@ -68,12 +69,13 @@ class MetricsRecord:
 
 
 def load_metrics(paths: Iterable[str | Path]) -> list[MetricsRecord]:
-    """Read metrics files; ValueError naming the file for unreadable JSON or a missing run/final/stage."""
+    """Read metrics files; ValueError naming the file for unreadable JSON, a NaN/inf anywhere in it
+    (strict JSON: such a number never reaches a table), or a missing run/final/stage."""
     records = []
     for path in map(str, paths):
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            data = read_json_strict(path)
+        except OSError as err:
             raise ValueError(f"{path}: cannot read metrics JSON ({err})") from err
         for key in ("run", "final"):
             if not isinstance(data.get(key), dict):

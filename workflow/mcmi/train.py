@@ -3,6 +3,10 @@
 Per epoch it checkpoints everything needed to resume (model, objective, optimiser, schedule,
 random-number state, history) to ``resume_path`` -- a path that is not a declared Snakemake output --
 so a killed job continues where it stopped and ends with the same result as an uninterrupted run.
+A checkpoint carries the fingerprint of the job spec that wrote it (``resume_key``): one written by
+another spec (an edited recipe, a fixed learning rate) or one that cannot be read is discarded with a
+log line and the job starts afresh. Any NaN/inf -- in a training loss or in an evaluation (test loss,
+accuracy, CMI, LL) -- fails the job with :class:`NonFiniteLossError`.
 """
 
 from __future__ import annotations
@@ -52,7 +56,15 @@ class Recipe:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when a loss becomes NaN or infinite: the job stops instead of training on garbage."""
+    """Raised when a loss or an evaluated metric becomes NaN or infinite: the job stops instead of
+    training on garbage or reporting it."""
+
+
+def check_finite(values: dict[str, Any], what: str) -> None:
+    """Raise :class:`NonFiniteLossError` naming every non-finite float among ``values``."""
+    bad = {k: v for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(f"{what}: non-finite {bad}")
 
 
 _GPU_LOCKS: list[Any] = []   # open lock files: a GPU stays claimed while this process lives
@@ -107,7 +119,9 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device)
         top1 += int((top[:, 0] == batch.y).sum())
         top5 += int((top == batch.y[:, None]).any(dim=1).sum())
         total += len(batch)
-    return {"loss": loss / total, "acc": 100.0 * top1 / total, "top5": 100.0 * top5 / total}
+    result = {"loss": loss / total, "acc": 100.0 * top1 / total, "top5": 100.0 * top5 / total}
+    check_finite(result, f"evaluation on {getattr(data, 'name', 'the test set')}")
+    return result
 
 
 @torch.no_grad()
@@ -117,7 +131,9 @@ def measure_cmi(model: nn.Module, data: Any, batch_size: int, device: torch.devi
     model.eval()
     probs, labels = collect_probs(model, data.batches(batch_size, device=device), temperature)
     cmi, ll = cmi_and_ll(probs, labels, data.num_classes)
-    return {"cmi": cmi, "ll": ll}
+    result = {"cmi": float(cmi), "ll": float(ll)}
+    check_finite(result, f"CMI/LL on {getattr(data, 'name', 'the training set')} at T={temperature}")
+    return result
 
 
 def _rng_state() -> dict[str, Any]:
@@ -137,6 +153,28 @@ def _log(message: str) -> None:
     print(message, file=sys.stdout, flush=True)
 
 
+def _resumable_state(path: str | os.PathLike | None, key: str | None, label: str) -> dict[str, Any] | None:
+    """The resume checkpoint at ``path`` if it exists, can be read and was written by the spec with
+    fingerprint ``key``; otherwise ``None``, after discarding the file with a log line saying why."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = load_torch(path)
+        needed = ("model", "objective", "optimizer", "data_generator", "rng", "history", "epoch")
+        if not isinstance(state, dict) or any(k not in state for k in needed):
+            raise ValueError("not a resume checkpoint of this trainer")
+    except (ValueError, FileNotFoundError) as error:
+        _log(f"[{label}] discarding unreadable resume checkpoint {path} ({error}); starting afresh")
+        Path(path).unlink(missing_ok=True)
+        return None
+    if state.get("spec_fingerprint") != key:
+        _log(f"[{label}] discarding resume checkpoint {path}: it was written by another job spec "
+             f"(fingerprint {str(state.get('spec_fingerprint'))[:12]}, this job {str(key)[:12]}); starting afresh")
+        Path(path).unlink(missing_ok=True)
+        return None
+    return state
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -147,6 +185,7 @@ def fit(
     seed: int,
     device: torch.device,
     resume_path: str | os.PathLike | None = None,
+    resume_key: str | None = None,
     augment: bool = True,
     cmi_every: int = 0,
     stop_after_epoch: int | None = None,
@@ -156,7 +195,9 @@ def fit(
 
     ``cmi_every`` > 0 adds the training-set CMI/LL every that many epochs (Figure 2);
     ``stop_after_epoch`` ends early with the schedule of the full recipe (early-stopped teacher).
-    The data order and augmentation come from a generator seeded with ``seed``."""
+    The data order and augmentation come from a generator seeded with ``seed``. ``resume_key``
+    (the job spec's fingerprint) is stored with each resume checkpoint; only a checkpoint with the
+    same key is resumed."""
     model.to(device)
     objective.to(device)
     params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
@@ -169,8 +210,8 @@ def fit(
     start_epoch = 1
     last_epoch = min(recipe.epochs, stop_after_epoch or recipe.epochs)
 
-    if resume_path is not None and Path(resume_path).is_file():
-        state = load_torch(resume_path)
+    state = _resumable_state(resume_path, resume_key, label)
+    if state is not None:
         model.load_state_dict(state["model"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -212,6 +253,7 @@ def fit(
         if cmi_every and (epoch % cmi_every == 0 or epoch == last_epoch):
             cmi = measure_cmi(model, train, max(recipe.batch_size, 256), device)
             record.update(train_cmi=cmi["cmi"], train_ll=cmi["ll"])
+        check_finite(record, f"[{label}] epoch {epoch}")
         history.append(record)
         eta = record["seconds"] * (last_epoch - epoch)
         _log(f"[{label}] epoch {epoch}/{last_epoch} lr {lr:.4g} loss {record['train_loss']:.4f} "
@@ -222,6 +264,6 @@ def fit(
             save_torch_atomic(resume_path, {
                 "model": model.state_dict(), "objective": objective.state_dict(),
                 "optimizer": optimizer.state_dict(), "data_generator": data_gen.get_state(),
-                "rng": _rng_state(), "history": history, "epoch": epoch,
+                "rng": _rng_state(), "history": history, "epoch": epoch, "spec_fingerprint": resume_key,
             })
     return history

@@ -19,6 +19,15 @@ def lam_str(lam: float) -> str:
     return f"{float(lam):g}"
 
 
+def known_num_classes(dataset: dict[str, Any]) -> int | None:
+    """Number of classes of a dataset spec when it is known without loading it."""
+    fixed = {"cifar10": 10, "cifar100": 100, "digits": 10, "demo_imagefolder": 10}
+    if dataset["kind"] in fixed:
+        return fixed[dataset["kind"]]
+    train = Path(dataset.get("root", "")) / "train"
+    return sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
+
+
 def split_pair(pair: str) -> tuple[str, str]:
     teacher, student = pair.split("->")
     return teacher, student
@@ -39,18 +48,15 @@ class WorkflowConfig:
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:
-        """Names and references the schema cannot check; every error names its key."""
+        """Names, references and ranges the schema cannot check; every error names its key."""
         from mcmi.distill import registry
-        from mcmi.models import MODEL_NAMES
 
         cfg, methods = self.config, registry()
+        self._check_results_path()
         for name, hparams in cfg["methods"].items():
             if name not in methods:
                 raise ConfigError(f"methods.{name}: unknown method; known: {sorted(methods)}")
-            unknown = set(hparams) - set(methods[name].defaults)
-            if unknown:
-                raise ConfigError(f"methods.{name}: unknown hyperparameter(s) {sorted(unknown)}; "
-                                  f"expected some of {sorted(methods[name].defaults)}")
+            self._check_hparams(methods[name], hparams, f"methods.{name}")
         for ds, roles in cfg["recipe_of"].items():
             for role, recipe in roles.items():
                 if recipe not in cfg["recipes"]:
@@ -61,13 +67,9 @@ class WorkflowConfig:
                 self._check_dataset(exp["dataset"], f"{where}.dataset")
             for i, pair in enumerate(exp.get("pairs", [])):
                 for model in split_pair(pair):
-                    if model not in MODEL_NAMES:
-                        raise ConfigError(f"{where}.pairs[{i}]: unknown model {model!r} in {pair!r}; "
-                                          f"known: {sorted(MODEL_NAMES)}")
-            for key in ("teachers",):
-                for i, model in enumerate(exp.get(key, [])):
-                    if model not in MODEL_NAMES:
-                        raise ConfigError(f"{where}.{key}[{i}]: unknown model {model!r}")
+                    self._check_model(model, f"{where}.pairs[{i}]", f" in {pair!r}")
+            for i, model in enumerate(exp.get("teachers", [])):
+                self._check_model(model, f"{where}.teachers[{i}]")
             for i, method in enumerate(exp.get("methods", [])):
                 if method not in cfg["methods"]:
                     raise ConfigError(f"{where}.methods[{i}]: method {method!r} has no entry under 'methods'")
@@ -75,14 +77,25 @@ class WorkflowConfig:
             if method not in cfg["methods"]:
                 raise ConfigError(f"method_pair_overrides.{method}: method not configured under 'methods'")
             for pair, hparams in overrides.items():
-                unknown = set(hparams) - set(methods[method].defaults)
-                if unknown:
-                    raise ConfigError(f"method_pair_overrides.{method}.{pair}: unknown hyperparameter(s) "
-                                      f"{sorted(unknown)}")
+                for model in split_pair(pair):
+                    self._check_model(model, f"method_pair_overrides.{method}.{pair}")
+                self._check_hparams(methods[method], {**cfg["methods"][method], **hparams},
+                                    f"method_pair_overrides.{method}.{pair}")
+        for model in cfg.get("lr_overrides", {}):
+            self._check_model(model, f"lr_overrides.{model}")
         for ds, models in cfg["teachers"].get("pretrained", {}).items():
+            if ds not in cfg["datasets"]:
+                raise ConfigError(f"teachers.pretrained.{ds}: dataset {ds!r} is not defined under 'datasets'")
             for model, path in models.items():
+                self._check_model(model, f"teachers.pretrained.{ds}.{model}")
                 if not Path(path).is_file():
                     raise ConfigError(f"teachers.pretrained.{ds}.{model}: checkpoint {path} does not exist")
+        for teacher, student in cfg["mcmi"].get("lambda_selection", {}).get("student_of", {}).items():
+            self._check_model(teacher, f"mcmi.lambda_selection.student_of.{teacher}")
+            self._check_model(student, f"mcmi.lambda_selection.student_of.{teacher}")
+        selection_method = cfg["mcmi"].get("lambda_selection", {}).get("method", "KD")
+        if selection_method not in cfg["methods"]:
+            raise ConfigError(f"mcmi.lambda_selection.method: {selection_method!r} has no entry under 'methods'")
         if "synthetic" in cfg["experiments"].get("table5", {}):
             from mcmi.synthetic import resolve_config
 
@@ -90,10 +103,54 @@ class WorkflowConfig:
                 resolve_config(cfg["experiments"]["table5"]["synthetic"])
             except ValueError as error:
                 raise ConfigError(f"experiments.table5.synthetic: {error}") from error
+        if "table4" in cfg["experiments"]:
+            self._check_early_stop(cfg["experiments"]["table4"])
         if "figure4" in cfg["experiments"]:
-            exp = cfg["experiments"]["figure4"]
-            if len(set(exp["removed_classes"])) != len(exp["removed_classes"]):
-                raise ConfigError("experiments.figure4.removed_classes: repeated class")
+            self._check_zero_shot(cfg["experiments"]["figure4"])
+
+    def _check_results_path(self) -> None:
+        raw = str(self.config["results"]).strip()
+        if raw in ("", "/") or Path(raw).resolve() == Path("/"):
+            raise ConfigError(f"results: {raw!r} cannot hold the outputs; name a folder such as 'results'")
+        if Path(raw).exists() and not Path(raw).is_dir():
+            raise ConfigError(f"results: {raw!r} is a file, not a folder")
+
+    @staticmethod
+    def _check_model(model: str, key: str, context: str = "") -> None:
+        from mcmi.models import MODEL_NAMES
+
+        if model not in MODEL_NAMES:
+            raise ConfigError(f"{key}: unknown model {model!r}{context}; known: {sorted(MODEL_NAMES)}")
+
+    @staticmethod
+    def _check_hparams(method: Any, hparams: dict[str, Any], key: str) -> None:
+        problems = method.check_hparams(hparams)
+        if problems:
+            raise ConfigError(f"{key}: " + "; ".join(problems))
+
+    def _check_early_stop(self, exp: dict[str, Any]) -> None:
+        """An early-stopped teacher must stop before its recipe's last epoch."""
+        for teacher, epochs in exp["es_epochs"].items():
+            self._check_model(teacher, f"experiments.table4.es_epochs.{teacher}")
+            full = self.recipe(exp["dataset"], "teacher", teacher)["epochs"]
+            if epochs >= full:
+                raise ConfigError(f"experiments.table4.es_epochs.{teacher}: {epochs} is not earlier than the "
+                                  f"teacher recipe's {full} epochs")
+
+    def _check_zero_shot(self, exp: dict[str, Any]) -> None:
+        removed = exp["removed_classes"]
+        if len(set(removed)) != len(removed):
+            raise ConfigError("experiments.figure4.removed_classes: repeated class")
+        classes = known_num_classes(self.config["datasets"][exp["dataset"]])
+        if classes is None:
+            return   # an image folder not yet on disk: the job checks when it loads the data
+        out_of_range = [c for c in removed if c >= classes]
+        if out_of_range:
+            raise ConfigError(f"experiments.figure4.removed_classes: {out_of_range} out of range for "
+                              f"{exp['dataset']!r}, which has classes 0..{classes - 1}")
+        if len(set(removed)) >= classes:
+            raise ConfigError(f"experiments.figure4.removed_classes: removes every class of {exp['dataset']!r}; "
+                              f"the student would have no training data")
 
     def _check_dataset(self, name: str, key: str) -> None:
         cfg = self.config
@@ -201,7 +258,8 @@ class WorkflowConfig:
             return {"variant": "ES", "es_epochs": int(variant[2:])}
         return {"variant": variant}
 
-    def measure_spec(self, ds: str, teacher: str, variant: str, temp: str, out: str) -> dict[str, Any]:
+    def measure_spec(self, ds: str, teacher: str, variant: str, temp: str) -> dict[str, Any]:
+        out = self.measure(ds, teacher, variant, float(temp))
         return {**self._common(ds, 0, out), "stage": "measure", "model": teacher,
                 "checkpoint": self.teacher_model(ds, teacher, variant), "temperature": float(temp),
                 "run": {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)}}
@@ -212,7 +270,8 @@ class WorkflowConfig:
         return hparams
 
     def student_spec(self, ds: str, teacher: str, student: str, method: str, variant: str, setting: str,
-                     seed: str, out: str) -> dict[str, Any]:
+                     seed: str) -> dict[str, Any]:
+        out = self.student(ds, teacher, student, method, variant, setting, int(seed))
         hparams = self.method_hparams(method, teacher, student)
         run = {"dataset": ds, "teacher": teacher, "student": student, "method": method, "seed": int(seed),
                **self.variant_run_fields(variant)}
@@ -235,17 +294,19 @@ class WorkflowConfig:
         spec["run"] = run
         return spec
 
-    def vanilla_spec(self, ds: str, student: str, seed: str, out: str) -> dict[str, Any]:
+    def vanilla_spec(self, ds: str, student: str, seed: str) -> dict[str, Any]:
+        out = self.vanilla(ds, student, int(seed))
         return {**self._common(ds, int(seed), out), "stage": "student", "student": student, "method": "vanilla",
                 "recipe": self.recipe(ds, "student", student), "out_model": str(Path(out).with_name("model.pt")),
                 "hparams": dict(self.config["methods"].get("vanilla", {})),
                 "run": {"dataset": ds, "student": student, "method": "vanilla", "seed": int(seed)}}
 
-    def data_spec(self, ds: str, out: str) -> dict[str, Any]:
-        return {"stage": "prepare_data", "dataset": self.dataset_spec(ds), "seed": 0, "out_metrics": out,
+    def data_spec(self, ds: str) -> dict[str, Any]:
+        return {"stage": "prepare_data", "dataset": self.dataset_spec(ds), "seed": 0, "out_metrics": self.data_ready(ds),
                 "run": {"dataset": ds}}
 
-    def hsakd_heads_spec(self, ds: str, teacher: str, variant: str, out: str) -> dict[str, Any]:
+    def hsakd_heads_spec(self, ds: str, teacher: str, variant: str) -> dict[str, Any]:
+        out = f"{self.teacher_dir(ds, teacher, variant)}/hsakd_heads.json"
         return {**self._common(ds, self.config["teachers"].get("seed", 0), out), "stage": "hsakd_heads",
                 "model": teacher, "checkpoint": self.teacher_model(ds, teacher, variant),
                 "out_model": self.hsakd_heads(ds, teacher, variant), "recipe": self.recipe(ds, "teacher", teacher),
@@ -257,9 +318,17 @@ class WorkflowConfig:
         """Threads of one synthetic job (its config's ``threads``; 1 lets jobs of several delta_mu share a CPU)."""
         return int(self.config["experiments"].get("table5", {}).get("synthetic", {}).get("threads", 1))
 
-    def synthetic_spec(self, dmu: str, out: str) -> dict[str, Any]:
+    def synthetic_spec(self, dmu: str) -> dict[str, Any]:
         return {"stage": "synthetic", "synthetic": dict(self.config["experiments"]["table5"].get("synthetic", {})),
-                "delta_mu": float(dmu), "seed": None, "out_metrics": out}
+                "delta_mu": float(dmu), "seed": None, "out_metrics": self.synthetic(float(dmu))}
+
+    def teacher_inputs(self, ds: str, teacher: str, variant: str) -> dict[str, str]:
+        """A teacher job needs its data; an imported (pretrained) one also its checkpoint file, so
+        replacing that file reruns the import and everything downstream."""
+        inputs = {"ready": self.data_ready(ds)}
+        if variant == "MLL" and self.pretrained(ds, teacher):
+            inputs["checkpoint"] = self.pretrained(ds, teacher)
+        return inputs
 
     def student_inputs(self, wc: Any) -> dict[str, str]:
         inputs = {"ready": self.data_ready(wc.dataset),
@@ -303,12 +372,12 @@ class WorkflowConfig:
         return {"selection": self.lambda_star_file(ds, teacher),
                 "grid": [self.teacher_model(ds, teacher, self._grid_variant(lam)) for lam in grid]}
 
-    def selected_teacher_choice(self, ds: str, teacher: str, inputs: Any) -> str:
+    def selected_teacher_choice(self, ds: str, teacher: str) -> str:
         """Arguments of ``mcmi adopt-teacher``: a selection file, or the paper's lambda*."""
         template = self.teacher_dir(ds, teacher, "MCMI_lam{lam}")
         if self.selection_mode() == "paper":
             return f"--lam {lam_str(self.paper_lambda_star(ds, teacher))} --template {template}"
-        return f"--selection {inputs.selection} --template {template}"
+        return f"--selection {self.lambda_star_file(ds, teacher)} --template {template}"
 
     # ------------------------------------------------------------------ per-target inputs
     def _exp(self, name: str) -> dict[str, Any]:

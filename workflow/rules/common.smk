@@ -1,5 +1,4 @@
 # Helpers shared by every rule: config validation, names, paths, job specs and per-target inputs.
-import json
 import os
 from pathlib import Path
 
@@ -38,6 +37,14 @@ wildcard_constraints:
     epochs="[0-9]+",
     dmu="[0-9.]+",
     n="[0-9]+",
+
+
+def spec_json(spec):
+    """A job spec as canonical JSON (sorted keys): the same config gives the same text whatever its
+    key order, and Snakemake's params trigger reruns exactly the jobs whose spec changed."""
+    from mcmi.provenance import canonical_json
+
+    return canonical_json(spec)
 
 
 def stage_command(spec_param="spec"):

@@ -6,7 +6,7 @@ rule prepare_data:
     output:
         res("data/{dataset}.json"),
     params:
-        spec=lambda wc, output: json.dumps(W.data_spec(wc.dataset, output[0])),
+        spec=lambda wc: spec_json(W.data_spec(wc.dataset)),
     log:
         res("logs/data/{dataset}.log"),
     conda:

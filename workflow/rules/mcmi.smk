@@ -11,7 +11,7 @@ rule mcmi_finetune:
         model=res("{dataset}/teachers/{teacher}/MCMI_lam{lam}/model.pt"),
         metrics=res("{dataset}/teachers/{teacher}/MCMI_lam{lam}/metrics.json"),
     params:
-        spec=lambda wc: json.dumps(W.mcmi_spec(wc.dataset, wc.teacher, wc.lam)),
+        spec=lambda wc: spec_json(W.mcmi_spec(wc.dataset, wc.teacher, wc.lam)),
     log:
         res("logs/{dataset}/teachers/{teacher}/MCMI_lam{lam}.log"),
     threads: W.threads
@@ -46,7 +46,7 @@ rule mcmi_selected:
         model=res("{dataset}/teachers/{teacher}/MCMI/model.pt"),
         metrics=res("{dataset}/teachers/{teacher}/MCMI/metrics.json"),
     params:
-        choice=lambda wc, input: W.selected_teacher_choice(wc.dataset, wc.teacher, input),
+        choice=lambda wc: W.selected_teacher_choice(wc.dataset, wc.teacher),
     log:
         res("logs/{dataset}/teachers/{teacher}/MCMI.log"),
     conda:

@@ -9,9 +9,8 @@ rule student:
         metrics=res("{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/metrics.json"),
         model=res("{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/model.pt"),
     params:
-        spec=lambda wc, output: json.dumps(
-            W.student_spec(wc.dataset, wc.teacher, wc.student, wc.method, wc.variant, wc.setting, wc.seed,
-                           output.metrics)
+        spec=lambda wc: spec_json(
+            W.student_spec(wc.dataset, wc.teacher, wc.student, wc.method, wc.variant, wc.setting, wc.seed)
         ),
     log:
         res("logs/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}.log"),
@@ -31,7 +30,7 @@ rule student_vanilla:
         metrics=res("{dataset}/students/vanilla/{student}/seed{seed}/metrics.json"),
         model=res("{dataset}/students/vanilla/{student}/seed{seed}/model.pt"),
     params:
-        spec=lambda wc, output: json.dumps(W.vanilla_spec(wc.dataset, wc.student, wc.seed, output.metrics)),
+        spec=lambda wc: spec_json(W.vanilla_spec(wc.dataset, wc.student, wc.seed)),
     log:
         res("logs/{dataset}/students/vanilla/{student}/seed{seed}.log"),
     threads: W.threads

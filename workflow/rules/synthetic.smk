@@ -6,7 +6,7 @@ rule synthetic:
     output:
         res("synthetic/dmu{dmu}.json"),
     params:
-        spec=lambda wc, output: json.dumps(W.synthetic_spec(wc.dmu, output[0])),
+        spec=lambda wc: spec_json(W.synthetic_spec(wc.dmu)),
     log:
         res("logs/synthetic/dmu{dmu}.log"),
     threads: W.synthetic_threads

@@ -5,14 +5,14 @@
 
 rule teacher:
     input:
-        ready=res("data/{dataset}.json"),
+        unpack(lambda wc: W.teacher_inputs(wc.dataset, wc.teacher, wc.variant)),
     output:
         model=res("{dataset}/teachers/{teacher}/{variant}/model.pt"),
         metrics=res("{dataset}/teachers/{teacher}/{variant}/metrics.json"),
     wildcard_constraints:
         variant="MLL|ES[0-9]+",
     params:
-        spec=lambda wc: json.dumps(W.teacher_spec(wc.dataset, wc.teacher, wc.variant)),
+        spec=lambda wc: spec_json(W.teacher_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
         res("logs/{dataset}/teachers/{teacher}/{variant}.log"),
     threads: W.threads
@@ -32,9 +32,7 @@ rule hsakd_heads:
         heads=res("{dataset}/teachers/{teacher}/{variant}/hsakd_heads.pt"),
         metrics=res("{dataset}/teachers/{teacher}/{variant}/hsakd_heads.json"),
     params:
-        spec=lambda wc, input, output: json.dumps(
-            W.hsakd_heads_spec(wc.dataset, wc.teacher, wc.variant, output.metrics)
-        ),
+        spec=lambda wc: spec_json(W.hsakd_heads_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
         res("logs/{dataset}/teachers/{teacher}/{variant}-hsakd_heads.log"),
     threads: W.threads
@@ -53,7 +51,7 @@ rule measure:
     output:
         res("{dataset}/measure/{teacher}/{variant}/T{temp}.json"),
     params:
-        spec=lambda wc, output: json.dumps(W.measure_spec(wc.dataset, wc.teacher, wc.variant, wc.temp, output[0])),
+        spec=lambda wc: spec_json(W.measure_spec(wc.dataset, wc.teacher, wc.variant, wc.temp)),
     log:
         res("logs/{dataset}/measure/{teacher}/{variant}/T{temp}.log"),
     threads: W.threads

@@ -23,6 +23,48 @@ def _eval_transform(image_size: int) -> Any:
                                transforms.CenterCrop(image_size)])
 
 
+def check_same_classes(root: Path, train_classes: list[str], val_classes: list[str]) -> None:
+    """Labels are positions in the sorted class list: a val/ tree with other classes than train/
+    would silently shift labels, so it is refused naming what differs."""
+    if train_classes != val_classes:
+        missing = sorted(set(train_classes) - set(val_classes))
+        extra = sorted(set(val_classes) - set(train_classes))
+        raise ValueError(f"{root}: val/ classes differ from train/ classes (missing in val/: {missing[:10]}, "
+                         f"only in val/: {extra[:10]}); labels would not match")
+
+
+def open_image(loader: Any, path: str) -> Any:
+    """Decode one image as RGB; a corrupt or unreadable file is a ``ValueError`` naming it."""
+    try:
+        return loader(path).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as error:   # PIL raises these for broken files
+        raise ValueError(f"{path}: cannot decode image: {error}") from error
+
+
+def verify_image_files(paths: list[str], label: str, workers: int = 8) -> None:
+    """Open every image and run PIL's structural check (no full decode), in threads, with progress;
+    the first failure raises a ``ValueError`` naming the file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def check(path: str) -> str | None:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files
+            return f"{path}: corrupt or unreadable image: {type(error).__name__}: {error}"
+        return None
+
+    step = max(1, len(paths) // 10)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, problem in enumerate(pool.map(check, paths, chunksize=256), start=1):
+            if problem:
+                raise ValueError(problem)
+            if done % step == 0 or done == len(paths):
+                print(f"[verify {label}] {done}/{len(paths)} images checked", flush=True)
+
+
 def read_image_folder(root: Path, image_size: int) -> tuple[TensorImageDataset, TensorImageDataset]:
     """Decode ``root/train`` and ``root/val`` into uint8 tensors (resize + centre crop to
     ``image_size``); the train classes define the label order."""
@@ -31,12 +73,11 @@ def read_image_folder(root: Path, image_size: int) -> tuple[TensorImageDataset, 
     train_tree = ImageFolder(str(root / "train"))
     classes = train_tree.classes
     val_tree = ImageFolder(str(root / "val"))
-    if val_tree.classes != classes:
-        raise ValueError(f"{root}: val classes {val_tree.classes} differ from train classes {classes}")
+    check_same_classes(root, classes, val_tree.classes)
     resize = _eval_transform(image_size)
 
     def decode(tree: Any, tag: str) -> TensorImageDataset:
-        images = [np.asarray(resize(tree.loader(path).convert("RGB")), dtype=np.uint8) for path, _ in tree.samples]
+        images = [np.asarray(resize(open_image(tree.loader, path)), dtype=np.uint8) for path, _ in tree.samples]
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         y = torch.tensor([label for _, label in tree.samples], dtype=torch.int64)
         return TensorImageDataset(x, y, len(classes), IMAGENET_MEAN, IMAGENET_STD, name=f"{root.name}-{tag}")
@@ -54,7 +95,7 @@ class _IndexedFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
         path, label = self.tree.samples[int(self.indices[position])]
-        return self.transform(self.tree.loader(path).convert("RGB")), label, position
+        return self.transform(open_image(self.tree.loader, path)), label, position
 
 
 class StreamingImageFolder:
@@ -80,6 +121,11 @@ class StreamingImageFolder:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
+
+    def verify_images(self) -> None:
+        """Check that every image of this split opens (the data job runs this once)."""
+        paths = [self.tree.samples[int(i)][0] for i in self.indices]
+        verify_image_files(paths, str(self.root), workers=max(2, self.workers))
 
     def subset(self, indices: torch.Tensor, name: str | None = None) -> "StreamingImageFolder":
         return StreamingImageFolder(self.root, self.image_size, self.train, self.workers, self.indices[indices])

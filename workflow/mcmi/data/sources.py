@@ -43,13 +43,31 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as handle:
-        entry = _ArrayOnlyUnpickler(handle, encoding="latin1").load()
-    if "data" not in entry or label_key not in entry:
-        raise ValueError(f"{path}: not a CIFAR batch file (keys {sorted(entry)})")
-    images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return images, np.asarray(entry[label_key], dtype=np.int64)
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR pickle, checked: a readable pickle of a dict, ``data`` a (N, 3072) uint8 array,
+    N labels in [0, num_classes). Anything else is a ``ValueError`` naming the file and the fault."""
+    try:
+        with open(path, "rb") as handle:
+            entry = _ArrayOnlyUnpickler(handle, encoding="latin1").load()
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise ValueError(f"{path}: not a readable CIFAR pickle (truncated or corrupt?): "
+                         f"{type(error).__name__}: {error}") from error
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise ValueError(f"{path}: not a CIFAR batch file (expected keys 'data' and {label_key!r}, found {keys})")
+    data = entry["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"{path}: 'data' must be a uint8 array of pixels, got {kind}")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: 'data' must have shape (N, 3072) (32x32 RGB rows), got {data.shape}")
+    labels = np.asarray(entry[label_key])
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: {label_key!r} must hold {data.shape[0]} integer labels (one per image), "
+                         f"got shape {labels.shape} of {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{path}: labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar(name: str, root: str | Path, download: bool = False) -> tuple[TensorImageDataset, TensorImageDataset]:
@@ -73,7 +91,7 @@ def load_cifar(name: str, root: str | Path, download: bool = False) -> tuple[Ten
     mean, std = CIFAR_STATS[name]
 
     def split(files: list[str], tag: str) -> TensorImageDataset:
-        parts = [_read_cifar_batch(base / f, label_key) for f in files]
+        parts = [_read_cifar_batch(base / f, label_key, num_classes) for f in files]
         images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         return TensorImageDataset(images, labels, num_classes, mean, std, name=f"{name}-{tag}")
@@ -125,7 +143,7 @@ def load_image_folder(root: str | Path, image_size: int, in_memory: bool = True,
 
     Small trees are decoded once into tensors (resized to ``image_size``); large ones (ImageNet)
     stream through torchvision's ImageFolder with the standard ImageNet transforms."""
-    from mcmi.data.folder import StreamingImageFolder, read_image_folder
+    from mcmi.data.folder import StreamingImageFolder, check_same_classes, read_image_folder
 
     root = Path(root)
     for part in ("train", "val"):
@@ -136,8 +154,10 @@ def load_image_folder(root: str | Path, image_size: int, in_memory: bool = True,
             )
     if in_memory:
         return read_image_folder(root, image_size)
-    return StreamingImageFolder(root / "train", image_size, train=True), \
-        StreamingImageFolder(root / "val", image_size, train=False)
+    train = StreamingImageFolder(root / "train", image_size, train=True)
+    val = StreamingImageFolder(root / "val", image_size, train=False)
+    check_same_classes(root, train.tree.classes, val.tree.classes)
+    return train, val
 
 
 _LOADERS: dict[str, Callable[[dict[str, Any]], tuple[Any, Any]]] = {
@@ -161,6 +181,16 @@ def load_dataset(spec: dict[str, Any]) -> tuple[Any, Any]:
     if spec.get("max_test") and spec["max_test"] < len(test):
         test = test.subset(torch.arange(spec["max_test"]), name=test.name)
     return train, test
+
+
+def verify_dataset(*splits: Any) -> None:
+    """The data job's deep check: a dataset streamed from files (ImageNet) has every image opened
+    and verified, so a corrupt file is reported with its path before any training job starts.
+    In-memory datasets were fully decoded and checked while loading."""
+    for split in splits:
+        verify = getattr(split, "verify_images", None)
+        if verify is not None:
+            verify()
 
 
 def write_demo_image_folder(root: str | Path, per_class: int = 20, classes: int = 10, image_size: int = 32) -> Path:

@@ -26,7 +26,10 @@ def without_classes_indices(labels: torch.Tensor, removed: Sequence[int]) -> tor
     removed_t = torch.tensor(list(removed), dtype=labels.dtype)
     if removed_t.numel() and (removed_t.min() < 0 or removed_t.max() >= int(labels.max()) + 1):
         raise ValueError(f"zero-shot removed classes {list(removed)} out of range for {int(labels.max()) + 1} classes")
-    return (~torch.isin(labels, removed_t)).nonzero().flatten()
+    kept = (~torch.isin(labels, removed_t)).nonzero().flatten()
+    if kept.numel() == 0:
+        raise ValueError(f"zero-shot removed classes {list(removed)} remove every training sample")
+    return kept
 
 
 def student_train_set(train: Any, spec: dict[str, Any]) -> Any:

@@ -31,6 +31,7 @@ class AT(DistillMethod):
 
     name: ClassVar[str] = "AT"
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0, "beta": 1000.0, "p": 2}
+    positive: ClassVar[tuple[str, ...]] = ("p",)
 
     def _attention(self, f: torch.Tensor) -> torch.Tensor:
         return F.normalize(f.pow(self.hparams["p"]).mean(dim=1).flatten(1), dim=1)

@@ -42,15 +42,32 @@ class DistillMethod(nn.Module):
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0}
+    positive: ClassVar[tuple[str, ...]] = ()   # hyperparameters that must be > 0 (temperatures, sizes)
+
+    @classmethod
+    def check_hparams(cls, hparams: dict[str, Any]) -> list[str]:
+        """What is wrong with ``hparams`` for this method (empty when nothing): unknown names, a
+        value whose type differs from its default's (an int where a float is expected is fine), a
+        negative number, or a non-positive one among ``positive``."""
+        problems = []
+        unknown = sorted(set(hparams) - set(cls.defaults))
+        if unknown:
+            problems.append(f"unknown hyperparameter(s) {unknown}; expected some of {sorted(cls.defaults)}")
+        for key in sorted(set(hparams) & set(cls.defaults)):
+            value, default = hparams[key], cls.defaults[key]
+            if not _same_kind(value, default):
+                problems.append(f"{key}: expected {_kind_name(default)} (default {default!r}), got {value!r}")
+            elif _is_number(value) and value < 0:
+                problems.append(f"{key}: must be >= 0, got {value!r}")
+            elif key in cls.positive and value <= 0:
+                problems.append(f"{key}: must be > 0, got {value!r}")
+        return problems
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__()
-        unknown = set(hparams) - set(self.defaults)
-        if unknown:
-            raise ValueError(
-                f"method {self.name}: unknown hyperparameter(s) {sorted(unknown)}; "
-                f"expected some of {sorted(self.defaults)}"
-            )
+        problems = self.check_hparams(hparams)
+        if problems:
+            raise ValueError(f"method {self.name}: " + "; ".join(problems))
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
         self.ctx = ctx
 
@@ -96,6 +113,27 @@ class Distillation(Objective):
 
     def describe(self) -> dict:
         return {"objective": "distillation", "method": self.method.name, "hparams": self.method.hparams}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether ``value`` may replace ``default``: bools, strings and lists as such; an integer
+    default needs an integer; a float default takes any number."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return _is_number(value)
+    return isinstance(value, type(default))
+
+
+def _kind_name(default: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
+        type(default), type(default).__name__)
 
 
 _REGISTRY: dict[str, type[DistillMethod]] = {}

@@ -56,6 +56,7 @@ class CC(DistillMethod):
         "rbf_gamma": 0.4,
         "taylor_order": 2,
     }
+    positive: ClassVar[tuple[str, ...]] = ("embed_dim",)
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)

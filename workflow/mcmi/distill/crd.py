@@ -69,6 +69,7 @@ class CRD(DistillMethod):
         "nce_t": 0.07,
         "nce_m": 0.5,
     }
+    positive: ClassVar[tuple[str, ...]] = ("feat_dim", "nce_k", "nce_t")
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)

@@ -27,6 +27,7 @@ class CRDKD(CRD):
 
     name: ClassVar[str] = "CRD+KD"
     defaults: ClassVar[dict[str, Any]] = {**CRD.defaults, "kd_weight": 1.0, "T": 4.0}
+    positive: ClassVar[tuple[str, ...]] = (*CRD.positive, "T")
 
     def distill(self, s: Features, t: Features, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         terms = super().distill(s, t, batch, epoch)

@@ -56,6 +56,7 @@ class DKD(DistillMethod):
 
     name: ClassVar[str] = "DKD"
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20}
+    positive: ClassVar[tuple[str, ...]] = ("T",)
 
     def warmup_factor(self, epoch: int) -> float:
         warmup = self.hparams["warmup"]

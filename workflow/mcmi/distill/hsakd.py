@@ -152,6 +152,7 @@ class HSAKD(DistillMethod):
 
     name: ClassVar[str] = "HSAKD"
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0, "weight": 1.0, "T": 3.0}
+    positive: ClassVar[tuple[str, ...]] = ("T",)
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)

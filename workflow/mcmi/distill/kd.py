@@ -26,6 +26,7 @@ class KD(DistillMethod):
 
     name: ClassVar[str] = "KD"
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 0.1, "alpha": 0.9, "T": 4.0}
+    positive: ClassVar[tuple[str, ...]] = ("T",)
 
     def distill(self, s: Features, t: Features, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         temperature = float(self.hparams["T"])

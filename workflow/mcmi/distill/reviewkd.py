@@ -102,6 +102,7 @@ class ReviewKD(DistillMethod):
         "max_mid_channels": 512,
         "student_preact": False,
     }
+    positive: ClassVar[tuple[str, ...]] = ("max_mid_channels",)
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)

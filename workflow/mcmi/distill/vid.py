@@ -54,6 +54,7 @@ class VID(DistillMethod):
 
     name: ClassVar[str] = "VID"
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0, "gamma": 1.0, "init_pred_var": 5.0, "eps": 1e-5}
+    positive: ClassVar[tuple[str, ...]] = ("init_pred_var",)
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)

@@ -18,7 +18,7 @@ def load_repdistiller_checkpoint(model: nn.Module, path: str | Path) -> nn.Modul
     Accepts a RepDistiller checkpoint (a dict whose ``'model'`` entry is the state dict) or a bare
     state dict; a leading ``'module.'`` (DataParallel) is stripped from the keys. The file is read
     with ``weights_only=True`` onto the CPU. Raises ``ValueError`` naming the file when it cannot
-    be read as such or its keys or shapes do not match the model.
+    be read as such, holds a NaN/inf weight, or its keys or shapes do not match the model.
     """
     path = Path(path)
     try:
@@ -31,6 +31,11 @@ def load_repdistiller_checkpoint(model: nn.Module, path: str | Path) -> nn.Modul
     ):
         raise ValueError(f"{path}: holds neither a state dict nor a dict with one under 'model'")
     state_dict = {key.removeprefix(_DATA_PARALLEL_PREFIX): value for key, value in state_dict.items()}
+    non_finite = [key for key, value in state_dict.items()
+                  if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if non_finite:
+        raise ValueError(f"{path}: non-finite (NaN/inf) weights in {non_finite[:5]}"
+                         f"{' and more' if len(non_finite) > 5 else ''}; refusing to use this checkpoint")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
