@@ -30,8 +30,9 @@ def snakemake(*args: str, workdir: Path, timeout: int = 600) -> subprocess.Compl
 
 
 def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run."""
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^([a-z_0-9]+)\s+(\d+)$", output, re.M)}
+    """The 'Job stats' table of a dry run (without its total)."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^([a-z_0-9]+)\s+(\d+)$", output, re.M)
+            if m.group(1) != "total"}
 
 
 def test_paper_config_plans_the_paper_grid(tmp_path):
@@ -105,9 +106,71 @@ def test_test_config_runs_end_to_end(tmp_path):
     assert not any((results / "_resume").rglob("*.pt"))            # finished jobs leave no resume files
 
 
-def test_killed_training_job_resumes_through_snakemake(tmp_path):
+def _reversed_keys(node):
+    """The same config with every mapping's keys in reverse order."""
+    if isinstance(node, dict):
+        return {key: _reversed_keys(node[key]) for key in reversed(list(node))}
+    return node
+
+
+def test_edits_rerun_exactly_the_jobs_whose_spec_changed(tmp_path):
+    """Snakemake's params trigger sees every job's whole spec: after an edit, a dry run plans the jobs
+    whose spec changed (and what depends on them), nothing else; reordered keys plan nothing; a
+    replaced pretrained-teacher file reruns its import and the students downstream."""
+    import torch
+
+    from mcmi.models import create_model
+
+    checkpoint = tmp_path / "resnet14_pretrained.pth"
+    torch.manual_seed(0)
+    torch.save({"model": create_model("resnet14", 10).state_dict()}, checkpoint)
+
+    def base(config):
+        config["teachers"]["pretrained"] = {"digits": {"resnet14": str(checkpoint)}}
+        config["recipes"]["student_tiny"] = dict(config["recipes"]["tiny"], epochs=1)
+        config["recipe_of"]["digits"]["student"] = "student_tiny"
+
+    def with_edit(edit):
+        def apply(config):
+            base(config)
+            edit(config)
+        return apply
+
+    config = _config(tmp_path, base)
+    results = tmp_path / "results/digits/students"
+    targets = [str(results / "resnet14-resnet8/KD/MLL/full/seed0/metrics.json"),
+               str(results / "vanilla/resnet8/seed0/metrics.json")]
+    result = snakemake(*targets, "--cores", "2", "--configfile", str(config), workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def plan(edit=None, reorder=False) -> dict[str, int]:
+        folder = tmp_path / f"edit{len(list(tmp_path.glob('edit*')))}"
+        folder.mkdir()
+        edited = _config(folder, with_edit(edit) if edit else base)
+        if reorder:
+            edited.write_text(yaml.safe_dump(_reversed_keys(yaml.safe_load(edited.read_text())), sort_keys=False))
+        text = edited.read_text().replace(str(folder / "results"), str(tmp_path / "results"))
+        edited.write_text(text)
+        dry = snakemake(*targets, "-n", "--configfile", str(edited), workdir=tmp_path, timeout=120)
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        return job_counts(dry.stdout)
+
+    assert plan() == {}
+    assert plan(reorder=True) == {}
+    assert plan(lambda c: c["methods"]["KD"].update(T=2)) == {"student": 1}
+    assert plan(lambda c: c["recipes"]["student_tiny"].update(lr=0.01)) == {"student": 1, "student_vanilla": 1}
+    assert plan(lambda c: c["methods"]["vanilla"].update(ce_weight=0.5)) == {"student_vanilla": 1}
+
+    time.sleep(1.1)                                        # a newer modification time than the outputs'
+    torch.manual_seed(1)
+    torch.save({"model": create_model("resnet14", 10).state_dict()}, checkpoint)
+    assert plan() == {"teacher": 1, "student": 1}
+
+
+@pytest.mark.parametrize("edit_before_rerun", [False, True], ids=["same-spec-resumes", "edited-spec-restarts"])
+def test_killed_training_job_resumes_through_snakemake(tmp_path, edit_before_rerun):
     def longer(config):
-        config["recipes"]["tiny"]["epochs"] = 40
+        config["recipes"]["tiny"]["epochs"] = 12
         config["datasets"]["digits"]["max_train"] = 1000
 
     config = _config(tmp_path, longer)
@@ -126,11 +189,20 @@ def test_killed_training_job_resumes_through_snakemake(tmp_path):
     unlock = subprocess.run([*command[:-2], "--unlock", *command[-2:]], capture_output=True, text=True,
                             timeout=120, env=_env())           # a killed Snakemake leaves its lock behind
     assert unlock.returncode == 0, unlock.stderr[-2000:]
+    if edit_before_rerun:                                  # the recipe is changed while the job is down
+        config = _config(tmp_path, lambda c: (longer(c), c["recipes"]["tiny"].update(epochs=3, lr=0.02)))
+        command[-1] = str(config)
     result = subprocess.run([*command[:-2], "--rerun-incomplete", *command[-2:]], capture_output=True, text=True, timeout=600,
                             env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "results/logs/digits/teachers/resnet14/MLL.log").read_text()
+    if edit_before_rerun:                                  # the old run's checkpoint is not finished under the new spec
+        assert "written by another job spec" in log and "resuming from" not in log
+        assert "epoch 1/3 " in log and "epoch 3/3 " in log
+        metrics = yaml.safe_load((tmp_path / "results/digits/teachers/resnet14/MLL/metrics.json").read_text())
+        assert [h["lr"] for h in metrics["history"]][0] == 0.02 and len(metrics["history"]) == 3
+        return
     assert "resuming from" in log
     finished = int(re.search(r"after epoch (\d+)", log).group(1))
-    assert f"epoch {finished}/40 " not in log               # the finished epochs were not redone
-    assert "epoch 40/40" in log
+    assert f"epoch {finished}/12 " not in log               # the finished epochs were not redone
+    assert "epoch 12/12" in log

@@ -1,0 +1,292 @@
+"""Every number comes from the config beside it: resume checkpoints belong to one job spec, no NaN/inf
+reaches a metrics file or a table, wrong data and config mistakes are refused naming the file or key,
+and atomic writes leave nothing half-done behind. (The rerun tests with real Snakemake are in
+test_workflow.py.)"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from conftest import write_cifar100, write_image_folder
+from mcmi.data.sources import load_cifar, load_dataset
+from mcmi.models import create_model, load_repdistiller_checkpoint
+from mcmi.objectives import CrossEntropy
+from mcmi.provenance import (NonFiniteValueError, canonical_json, read_json_strict, spec_fingerprint,
+                             write_json_atomic)
+from mcmi.stages import run_stage
+from mcmi.train import NonFiniteLossError, Recipe, evaluate, fit, measure_cmi
+from test_train import RECIPE, tiny_data
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+# ------------------------------------------------------------------ resume checkpoints and job specs
+def _fit(resume: Path | None, key: str | None, stop: int | None = None, epochs: int = 3):
+    torch.manual_seed(0)
+    model = create_model("resnet8", 4)
+    history = fit(model, CrossEntropy(), tiny_data(), tiny_data(seed=1), Recipe(**{**RECIPE, "epochs": epochs}),
+                  seed=0, device=CPU, resume_path=resume, resume_key=key, stop_after_epoch=stop, label="t")
+    return model, history
+
+
+def test_resume_checkpoint_of_another_job_spec_is_discarded(tmp_path, capsys):
+    resume = tmp_path / "last.pt"
+    _fit(resume, key="spec-A", stop=2)                       # killed after epoch 2 under spec A
+    assert torch.load(resume, weights_only=True)["spec_fingerprint"] == "spec-A"
+    capsys.readouterr()
+    model, history = _fit(resume, key="spec-B")              # the recipe was edited: spec B
+    log = capsys.readouterr().out
+    assert "written by another job spec" in log and "resuming" not in log
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    fresh, fresh_history = _fit(None, key=None)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    assert history[-1]["train_loss"] == fresh_history[-1]["train_loss"]
+
+
+def test_resume_checkpoint_of_the_same_spec_is_resumed(tmp_path, capsys):
+    resume = tmp_path / "last.pt"
+    _fit(resume, key="spec-A", stop=2)
+    capsys.readouterr()
+    _, history = _fit(resume, key="spec-A")
+    assert "resuming from" in capsys.readouterr().out and [h["epoch"] for h in history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", None])
+def test_corrupt_resume_checkpoint_is_discarded_with_a_log_line(tmp_path, capsys, content):
+    resume = tmp_path / "last.pt"
+    if content is None:
+        torch.save({"something": torch.zeros(1)}, resume)    # readable, but not a trainer checkpoint
+    else:
+        resume.write_bytes(content)
+    _, history = _fit(resume, key="k", epochs=1)
+    assert "discarding unreadable resume checkpoint" in capsys.readouterr().out
+    assert [h["epoch"] for h in history] == [1]
+
+
+def test_spec_fingerprint_ignores_key_order_only():
+    spec = {"recipe": {"epochs": 2, "lr": 0.05, "milestones": [1]}, "seed": 0, "hparams": {"T": 4.0}}
+    reordered = {"hparams": {"T": 4.0}, "seed": 0, "recipe": {"milestones": [1], "lr": 0.05, "epochs": 2}}
+    assert canonical_json(spec) == canonical_json(reordered)
+    assert spec_fingerprint(spec) == spec_fingerprint(reordered)
+    edited = copy.deepcopy(spec)
+    edited["hparams"]["T"] = 2.0
+    assert spec_fingerprint(edited) != spec_fingerprint(spec)
+
+
+# ------------------------------------------------------------------ non-finite numbers
+class NaNWhenEvaluated(nn.Module):
+    """Trains like a linear model; its eval-mode output is NaN (an evaluation that goes wrong)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(x.flatten(1))
+        return logits if self.training else logits * float("nan")
+
+
+def test_nan_in_evaluation_fails_the_job():
+    with pytest.raises(NonFiniteLossError, match="evaluation"):
+        fit(NaNWhenEvaluated(), CrossEntropy(), tiny_data(), tiny_data(seed=1), Recipe(**RECIPE), seed=0,
+            device=CPU)
+
+
+def test_nan_in_cmi_or_ll_fails():
+    with pytest.raises(NonFiniteLossError, match="CMI/LL"):
+        measure_cmi(NaNWhenEvaluated(), tiny_data(), 16, CPU)
+    with pytest.raises(NonFiniteLossError):
+        evaluate(NaNWhenEvaluated(), tiny_data(), 16, CPU)
+
+
+def test_imported_teacher_with_nonfinite_weights_is_refused(tmp_path):
+    model = create_model("resnet8", 10)
+    state = model.state_dict()
+    state["fc.weight"][0, 0] = float("inf")
+    path = tmp_path / "diverged.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match=r"diverged\.pth: non-finite .*fc\.weight"):
+        load_repdistiller_checkpoint(create_model("resnet8", 10), path)
+
+
+def test_metrics_json_is_strict_and_the_table_builder_refuses_nonfinite(tmp_path):
+    path = tmp_path / "m.json"
+    with pytest.raises(NonFiniteValueError, match=r"m\.json.*final\.test_acc"):
+        write_json_atomic(path, {"run": {"stage": "teacher"}, "final": {"test_acc": float("nan")}})
+    assert not path.exists()
+    path.write_text('{"run": {"stage": "measure"}, "final": {"test_acc": NaN}}')   # e.g. written by hand
+    from mcmi.tables import load_metrics
+
+    with pytest.raises(NonFiniteValueError, match=r"m\.json"):
+        load_metrics([path])
+    with pytest.raises(NonFiniteValueError):
+        read_json_strict(path)
+
+
+# ------------------------------------------------------------------ wrong data
+def _prepare(tmp_path: Path, dataset: dict) -> dict:
+    return run_stage({"stage": "prepare_data", "dataset": dataset, "seed": 0,
+                      "out_metrics": str(tmp_path / "ready.json")})
+
+
+def test_streamed_image_folder_with_other_val_classes_fails_at_the_data_check(tmp_path):
+    root = write_image_folder(tmp_path / "folder", classes=3)
+    for image in (root / "val" / "class1").iterdir():
+        image.unlink()
+    (root / "val" / "class1").rmdir()                       # val/ lacks class1: labels would shift by one
+    with pytest.raises(ValueError, match=r"val/ classes differ .*missing in val/: \['class1'\]"):
+        _prepare(tmp_path, {"kind": "imagefolder", "root": str(root), "image_size": 16, "in_memory": False})
+    assert not (tmp_path / "ready.json").exists()
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_corrupt_image_is_named_at_the_data_check(tmp_path, in_memory):
+    root = write_image_folder(tmp_path / "folder", classes=2)
+    broken = root / "train" / "class1" / "1.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(ValueError, match=r"class1/1\.png"):
+        _prepare(tmp_path, {"kind": "imagefolder", "root": str(root), "image_size": 16, "in_memory": in_memory})
+
+
+def _rewrite_cifar(root: Path, edit) -> Path:
+    path = root / "cifar-100-python" / "train"
+    with open(path, "rb") as handle:
+        entry = pickle.load(handle, encoding="latin1")
+    content = edit(entry)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        with open(path, "wb") as handle:
+            pickle.dump(content, handle, protocol=2)
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: pickle.dumps(e, protocol=2)[:500], "truncated or corrupt"),
+    (lambda e: {**e, "data": e["data"][:, :1000]}, r"shape \(N, 3072\)"),
+    (lambda e: {**e, "data": e["data"].astype(np.float32)}, "uint8"),
+    (lambda e: {**e, "fine_labels": [100] + e["fine_labels"][1:]}, r"labels must lie in \[0, 100\)"),
+    (lambda e: {**e, "fine_labels": e["fine_labels"][:-1]}, "one per image"),
+])
+def test_bad_cifar_files_fail_at_the_data_job_naming_the_file(tmp_path, edit, message):
+    root = write_cifar100(tmp_path / "data")
+    _rewrite_cifar(root, edit)
+    with pytest.raises(ValueError, match=rf"cifar-100-python/train: .*{message}"):
+        _prepare(tmp_path, {"kind": "cifar100", "root": str(root)})
+    assert load_cifar("cifar100", write_cifar100(tmp_path / "good"))[0].images.dtype == torch.uint8
+
+
+def test_zero_shot_removing_every_class_fails_at_the_job():
+    from mcmi.data.subsets import without_classes_indices
+
+    with pytest.raises(ValueError, match="every training sample"):
+        without_classes_indices(torch.tensor([0, 1, 2, 1]), [0, 1, 2])
+
+
+# ------------------------------------------------------------------ config mistakes, before any job
+def _validated(edit) -> None:
+    """The workflow's own two checks: the JSON schema (with its defaults) and WorkflowConfig."""
+    from snakemake.utils import validate
+
+    from mcmi.workflow_config import WorkflowConfig
+
+    config = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    edit(config)
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    WorkflowConfig(config, repo=REPO)
+
+
+def _set(path: str, value):
+    def edit(config: dict) -> None:
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, key", [
+    (_set("experiments.table1.seedz", [0, 1]), "seedz"),                       # misspelt 'seeds'
+    (_set("experiments.figure4.lamda", 0.1), "lamda"),
+    (_set("methods.KD.T", "four"), "methods.KD: T: expected a number"),
+    (_set("methods.KD.T", 0), "methods.KD: T: must be > 0"),
+    (_set("methods.CRD.nce_k", 64.5), "methods.CRD: nce_k: expected an integer"),
+    (_set("method_pair_overrides", {"KD": {"resnet14->resnet99": {"T": 2}}}),
+     "method_pair_overrides.KD.resnet14->resnet99: unknown model 'resnet99'"),
+    (_set("method_pair_overrides", {"KD": {"resnet14->resnet8": {"T": -1}}}),
+     "method_pair_overrides.KD.resnet14->resnet8: T: must be >= 0"),
+    (_set("lr_overrides", {"MobileNetV3": 0.01}), "lr_overrides.MobileNetV3: unknown model"),
+    (_set("mcmi.lambda_selection.student_of", {"resnet14": "resnet7"}), "student_of.resnet14: unknown model"),
+    (_set("experiments.table4.es_epochs", {"resnet18": 2}), "experiments.table4.es_epochs.resnet18: 2 is not earlier"),
+    (_set("experiments.figure4.removed_classes", [3, 10]), "removed_classes: [10] out of range"),
+    (_set("experiments.figure4.removed_classes", list(range(10))), "removes every class"),
+    (_set("results", ""), "results: ''"),
+    (_set("results", "/"), "results: '/'"),
+])
+def test_config_mistakes_are_refused_naming_the_key(edit, key):
+    with pytest.raises(Exception) as error:
+        _validated(edit)
+    assert key in str(error.value)
+
+
+def test_results_path_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "results"
+    target.write_text("not a folder")
+    with pytest.raises(Exception, match="is a file"):
+        _validated(_set("results", str(target)))
+
+
+def test_the_shipped_configs_pass_validation():
+    for name in ("config.yaml", "demo.yaml", "test.yaml"):
+        from snakemake.utils import validate
+
+        config = yaml.safe_load((REPO / "config" / name).read_text())
+        validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+
+
+# ------------------------------------------------------------------ atomic writes, figures
+def test_atomic_writes_remove_stale_temporaries_and_use_normal_permissions(tmp_path):
+    target = tmp_path / "metrics.json"
+    stale = tmp_path / ".metrics.json.k1ll3d.tmp"            # left by a write that was SIGKILLed
+    stale.write_text("{half")
+    other = tmp_path / ".other.json.abc.tmp"
+    other.write_text("{")
+    old_umask = os.umask(0o022)
+    try:
+        write_json_atomic(target, {"a": 1})
+    finally:
+        os.umask(old_umask)
+    assert not stale.exists() and other.exists()              # only this file's leftovers go
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_stage_start_removes_leftover_temporaries(tmp_path, capsys):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / ".model.pt.x1.tmp").write_bytes(b"half a checkpoint")
+    run_stage({"stage": "prepare_data", "dataset": {"kind": "digits", "image_size": 8, "max_train": 20,
+                                                    "max_test": 10},
+               "seed": 0, "out_metrics": str(out / "ready.json"), "out_model": str(out / "model.pt")})
+    assert not (out / ".model.pt.x1.tmp").exists()
+    assert "left by an interrupted write" in capsys.readouterr().out
+
+
+def test_mcmi_figure_lists_every_figure_it_knows(tmp_path, capsys):
+    from mcmi.cli import main
+
+    assert main(["figure", "3", "--out", str(tmp_path / "f")]) == 2
+    assert "known figures: [1, 2, 4]" in capsys.readouterr().err
