@@ -17,13 +17,13 @@ import torch
 from mcmi.cmi import class_centroids, collect_probs
 from mcmi.data.sources import load_dataset
 from mcmi.data.subsets import student_train_set
-from mcmi.distill import Distillation, PairContext, build_method
+from mcmi.distill import Distillation, PairContext, SharedTeacher, build_method
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.provenance import (now, provenance, remove_stale_temporaries, save_torch_atomic, spec_fingerprint,
-                             write_json_atomic)
-from mcmi.train import Recipe, evaluate, fit, measure_cmi, pick_device, seed_everything
+from mcmi.provenance import (canonical_json, now, provenance, remove_stale_temporaries, save_torch_atomic,
+                             spec_fingerprint, write_json_atomic)
+from mcmi.train import Member, Precision, Recipe, evaluate, fit, fit_members, measure_cmi, pick_device, seed_everything
 
 StageFn = Callable[[dict[str, Any]], dict[str, Any]]
 STAGES: dict[str, StageFn] = {}
@@ -174,34 +174,84 @@ def confusion_matrix(model: torch.nn.Module, data: Any, device: torch.device) ->
     return counts.view(c, c).tolist()
 
 
+SHARED_BY_GROUP = ("dataset", "seed", "device", "teacher", "teacher_checkpoint", "few_shot", "zero_shot",
+                   "precision", "channels_last")
+
+
 @stage("student")
 def train_student(spec: dict[str, Any]) -> dict[str, Any]:
-    """Distil a student from a frozen teacher with one method (``vanilla``: no teacher)."""
-    _require(spec, "student", "method", "recipe", "out_model")
-    recipe = Recipe(**spec["recipe"])
-    device, full_train, test = _setup(spec)
-    train = student_train_set(full_train, spec)
-    student = _load_model(spec["student"], full_train.num_classes)
-    teacher_name = spec.get("teacher") or spec["student"]
-    teacher = _load_model(teacher_name, full_train.num_classes, spec.get("teacher_checkpoint"))
-    ctx = PairContext(
-        student=probe_shapes(student, train.input_shape), teacher=probe_shapes(teacher, train.input_shape),
-        num_classes=full_train.num_classes, num_train=len(train), train_labels=train.labels,
-        epochs=recipe.epochs, input_shape=train.input_shape, student_name=spec["student"],
-        teacher_name=teacher_name, extra=dict(spec.get("extra", {})),
-    )
-    method = build_method(spec["method"], ctx, spec.get("hparams"))
-    history = fit(student, Distillation(method, teacher), train, test, recipe, seed=int(spec["seed"]),
-                  device=device, **_resume(spec),
-                  label=f"student {spec['student']} <- {spec.get('teacher', '-')} [{spec['method']}]")
-    final = _final_from_history(history)
-    final["method_hparams"] = method.hparams
-    final["train_size"] = len(train)
+    """Distil a student from a frozen teacher with one method (``vanilla``: no teacher): a group of one."""
+    return train_students([spec])[0]
+
+
+@stage("student_group")
+def train_student_group(spec: dict[str, Any]) -> dict[str, Any]:
+    """Distil several students that share the dataset, teacher checkpoint, training subset and seed
+    in one process: the teacher runs once per batch for all of them. ``spec['members']`` holds each
+    student's own spec, exactly as a job of its own would get it."""
+    _require(spec, "members")
+    results = train_students(spec["members"])
+    return {"members": [r["run"] for r in results]}
+
+
+def train_students(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Train the students of ``specs`` together and write each one's checkpoint and metrics.
+
+    Each member is initialised exactly as its own job would be (the seed, then the student, a
+    teacher's and the method's initialisation in that order), has its own optimiser, random stream
+    and resume checkpoint, and sees the same batches, so it ends as it would alone. If a member's
+    loss goes non-finite the others are still trained and checkpointed, then the job fails naming it:
+    rerun with the fixed setting and the others resume from their finished checkpoints."""
+    if not specs:
+        raise ValueError("a student group needs at least one member")
+    for spec in specs:
+        _require(spec, "student", "method", "recipe", "out_model", "out_metrics")
+    first = specs[0]
+    for key in SHARED_BY_GROUP:
+        if len({canonical_json(spec.get(key)) for spec in specs}) > 1:
+            raise ValueError(f"students trained together must share {key!r}; members differ: "
+                             f"{[spec.get(key) for spec in specs]}")
+    device, full_train, test = _setup(first)
+    train = student_train_set(full_train, first)
+    num_classes = full_train.num_classes
+    teacher_name = first.get("teacher") or first["student"]
+    teacher = SharedTeacher(_load_model(teacher_name, num_classes, first.get("teacher_checkpoint")))
+    teacher_shapes = probe_shapes(teacher.model, train.input_shape)
+    precision = Precision(first.get("precision", "fp32"), bool(first.get("channels_last", False)))
+    members = []
+    for spec in specs:
+        recipe = Recipe(**spec["recipe"])
+        seed_everything(int(spec["seed"]))
+        student = create_model(spec["student"], num_classes)
+        create_model(teacher_name, num_classes)   # as a job of its own: its teacher's init draws here
+        ctx = PairContext(
+            student=probe_shapes(student, train.input_shape), teacher=teacher_shapes,
+            num_classes=num_classes, num_train=len(train), train_labels=train.labels,
+            epochs=recipe.epochs, input_shape=train.input_shape, student_name=spec["student"],
+            teacher_name=teacher_name, extra=dict(spec.get("extra", {})),
+        )
+        method = build_method(spec["method"], ctx, spec.get("hparams"))
+        if precision.channels_last:
+            student.to(memory_format=torch.channels_last)
+        label = f"student {spec['student']} <- {spec.get('teacher', '-')} [{spec['method']}]"
+        members.append(Member(student, Distillation(method, teacher), recipe, seed=int(spec["seed"]),
+                              device=device, label=label, **_resume(spec)))
+    if precision.channels_last:
+        teacher.model.to(memory_format=torch.channels_last)
+    fit_members(members, train, test, device=device, teacher_cache=teacher, precision=precision)
+    return [_finish_student(spec, member, test, len(train), device) for spec, member in zip(specs, members)]
+
+
+def _finish_student(spec: dict[str, Any], member: Member, test: Any, train_size: int,
+                    device: torch.device) -> dict[str, Any]:
+    final = _final_from_history(member.history)
+    final["method_hparams"] = member.objective.method.hparams
+    final["train_size"] = train_size
     if spec.get("zero_shot"):
-        final["confusion"] = confusion_matrix(student, test, device)
-    _save_model(spec["out_model"], student, spec["student"], final["epochs"], final["test_acc"])
+        final["confusion"] = confusion_matrix(member.model, test, device)
+    _save_model(spec["out_model"], member.model, spec["student"], final["epochs"], final["test_acc"])
     extra_run = {"removed_classes": spec["zero_shot"]["removed_classes"]} if spec.get("zero_shot") else None
-    return _finish(spec, "student", final, history, device, extra_run)
+    return _finish(spec, "student", final, member.history, device, extra_run)
 
 
 def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
@@ -209,11 +259,13 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
     name = spec.get("stage")
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; known: {sorted(STAGES)}")
-    Path(spec["out_metrics"]).parent.mkdir(parents=True, exist_ok=True)
-    for path in (spec.get("out_metrics"), spec.get("out_model"), spec.get("resume")):
-        if path:
-            for leftover in remove_stale_temporaries(path):
-                print(f"removed {leftover}, left by an interrupted write", flush=True)
+    for job in [spec, *spec.get("members", [])]:
+        if job.get("out_metrics"):
+            Path(job["out_metrics"]).parent.mkdir(parents=True, exist_ok=True)
+        for path in (job.get("out_metrics"), job.get("out_model"), job.get("resume")):
+            if path:
+                for leftover in remove_stale_temporaries(path):
+                    print(f"removed {leftover}, left by an interrupted write", flush=True)
     return STAGES[name](spec)
 
 

@@ -175,6 +175,191 @@ def _resumable_state(path: str | os.PathLike | None, key: str | None, label: str
     return state
 
 
+@dataclass
+class Precision:
+    """Numerics of training steps: ``fp32`` (the reference code's) or ``bf16`` autocast, and the
+    channels-last memory layout for convolutions. Evaluation always runs in fp32."""
+
+    dtype: str = "fp32"                    # "fp32" | "bf16"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.dtype!r}")
+
+    def autocast(self, device: torch.device) -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16")
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+
+class Member:
+    """One model being trained with its objective, optimiser, data-order generator, random-number
+    state, history and resume checkpoint. :func:`fit_members` trains several at once; members at the
+    same epoch see the same batches (and share a frozen teacher's forward pass)."""
+
+    def __init__(self, model: nn.Module, objective: Objective, recipe: Recipe, *, seed: int,
+                 device: torch.device, label: str, resume_path: str | os.PathLike | None = None,
+                 resume_key: str | None = None, cmi_every: int = 0, stop_after_epoch: int | None = None) -> None:
+        self.model, self.objective, self.recipe, self.label = model, objective, recipe, label
+        self.resume_path, self.resume_key, self.cmi_every = resume_path, resume_key, cmi_every
+        model.to(device)
+        objective.to(device)
+        params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+        if not params:
+            raise ValueError(f"{label}: nothing to train (no parameter requires grad)")
+        self.optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                                         weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+        self.data_gen = torch.Generator().manual_seed(seed)
+        self.rng = _rng_state()            # this member's own stream for the objective's sampling
+        self.history: list[dict[str, float]] = []
+        self.epochs_done = 0
+        self.last_epoch = min(recipe.epochs, stop_after_epoch or recipe.epochs)
+        self.failure: str | None = None
+        state = _resumable_state(resume_path, resume_key, label)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            objective.load_state_dict(state["objective"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.data_gen.set_state(state["data_generator"])
+            self.rng = state["rng"]
+            self.history = list(state["history"])
+            self.epochs_done = int(state["epoch"])
+            _log(f"[{label}] resuming from {resume_path} after epoch {state['epoch']}")
+
+    @property
+    def done(self) -> bool:
+        return self.failure is not None or self.epochs_done >= self.last_epoch
+
+    def save(self) -> None:
+        if self.resume_path is not None:
+            save_torch_atomic(self.resume_path, {
+                "model": self.model.state_dict(), "objective": self.objective.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "data_generator": self.data_gen.get_state(),
+                "rng": self.rng, "history": self.history, "epoch": self.epochs_done,
+                "spec_fingerprint": self.resume_key,
+            })
+
+
+class _StepSums:
+    """Per-epoch sums kept on the device (float64, as the host sums they replace), so a step never
+    waits for the device; read once at the end of the epoch."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seen = 0
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.terms: dict[str, torch.Tensor] = {}
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_terms: dict[str, torch.Tensor] = {}
+
+    def add(self, step: int, out: Any, y: torch.Tensor) -> None:
+        n = len(y)
+        self.seen += n
+        loss = out.loss.detach()
+        bad = ~torch.isfinite(loss)
+        first = (self.first_bad_step < 0) & bad
+        self.first_bad_step = torch.where(first, torch.full_like(self.first_bad_step, step), self.first_bad_step)
+        for name, value in out.terms.items():
+            value = value.detach().to(torch.float64)
+            self.terms[name] = self.terms.get(name, torch.zeros((), dtype=torch.float64, device=self.device)) + value * n
+            held = self.bad_terms.get(name, torch.zeros((), dtype=torch.float64, device=self.device))
+            self.bad_terms[name] = torch.where(first, value, held)
+        self.loss += loss.to(torch.float64) * n
+        self.correct += (out.logits.detach().argmax(dim=1) == y[: out.logits.shape[0]]).sum()
+
+    def failure(self, label: str, epoch: int) -> str | None:
+        step = int(self.first_bad_step)
+        if step < 0:
+            return None
+        terms = {k: float(v) for k, v in self.bad_terms.items()}
+        return f"[{label}] non-finite loss at epoch {epoch}, step {step}: {terms}"
+
+
+def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.device, augment: bool = True,
+                teacher_cache: Any = None, precision: Precision | None = None) -> None:
+    """Train every member to its last epoch. Members at the same epoch form a cohort that shares
+    each batch (their data-order generators are in the same state: same seed, batch size and epoch)
+    and, through ``teacher_cache`` (cleared per batch), the frozen teacher's forward pass. Each member
+    draws its objective's own random numbers from its own stream, so a member trained in a group
+    equals the same member trained alone. A member whose loss goes non-finite stops (its last good
+    checkpoint stays); the others go on and are saved; then :class:`NonFiniteLossError` names it."""
+    precision = precision or Precision()
+    while not all(m.done for m in members):
+        epoch = min(m.epochs_done for m in members if not m.done) + 1
+        cohort = [m for m in members if not m.done and m.epochs_done + 1 == epoch]
+        batch_sizes = {m.recipe.batch_size for m in cohort}
+        if len(batch_sizes) != 1:
+            raise ValueError(f"members trained together need one batch size, got {sorted(batch_sizes)}")
+        _train_epoch(cohort, epoch, train, device, augment, teacher_cache, precision)
+        for member in cohort:
+            if member.failure is None:
+                _end_epoch(member, epoch, train, test, device)
+    failed = [m.failure for m in members if m.failure]
+    if failed:
+        raise NonFiniteLossError("; ".join(failed))
+
+
+def _train_epoch(cohort: list[Member], epoch: int, train: Any, device: torch.device, augment: bool,
+                 teacher_cache: Any, precision: Precision) -> None:
+    data_gen = torch.Generator().manual_seed(0)
+    data_gen.set_state(cohort[0].data_gen.get_state())
+    for member in cohort:
+        lr = member.recipe.lr_at(epoch)
+        for group in member.optimizer.param_groups:
+            group["lr"] = lr
+        member.model.train()
+        member.objective.train()
+        member.sums = _StepSums(device)
+        member.tic = time.time()
+    outer_rng = _rng_state()
+    for step, batch in enumerate(train.batches(cohort[0].recipe.batch_size, shuffle=True, augment=augment,
+                                               generator=data_gen, device=device)):
+        batch.x = precision.layout(batch.x)
+        if teacher_cache is not None:
+            teacher_cache.clear()
+        for member in cohort:
+            _set_rng_state(member.rng)
+            with precision.autocast(device):
+                out = member.objective.step(member.model, batch, epoch)
+            member.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            member.optimizer.step()
+            member.sums.add(step, out, batch.y)
+            member.rng = _rng_state()
+    _set_rng_state(outer_rng)
+    if teacher_cache is not None:
+        teacher_cache.clear()
+    for member in cohort:
+        member.data_gen.set_state(data_gen.get_state())
+        member.failure = member.sums.failure(member.label, epoch)
+
+
+def _end_epoch(member: Member, epoch: int, train: Any, test: Any, device: torch.device) -> None:
+    """Evaluate, record, log and checkpoint one member after its epoch."""
+    sums, recipe = member.sums, member.recipe
+    evaluation = evaluate(member.model, test, max(recipe.batch_size, 256), device)
+    record = {"epoch": epoch, "lr": recipe.lr_at(epoch), "train_loss": float(sums.loss) / sums.seen,
+              "train_acc": 100.0 * int(sums.correct) / sums.seen,
+              "test_loss": evaluation["loss"], "test_acc": evaluation["acc"], "test_top5": evaluation["top5"],
+              **{f"loss_{k}": float(v) / sums.seen for k, v in sums.terms.items()},
+              "seconds": time.time() - member.tic}
+    if member.cmi_every and (epoch % member.cmi_every == 0 or epoch == member.last_epoch):
+        cmi = measure_cmi(member.model, train, max(recipe.batch_size, 256), device)
+        record.update(train_cmi=cmi["cmi"], train_ll=cmi["ll"])
+    check_finite(record, f"[{member.label}] epoch {epoch}")
+    member.history.append(record)
+    member.epochs_done = epoch
+    eta = record["seconds"] * (member.last_epoch - epoch)
+    _log(f"[{member.label}] epoch {epoch}/{member.last_epoch} lr {record['lr']:.4g} loss {record['train_loss']:.4f} "
+         f"train {record['train_acc']:.2f}% test {record['test_acc']:.2f}% "
+         f"({record['seconds']:.1f}s, eta {eta / 60:.1f} min)"
+         + (f" cmi {record['train_cmi']:.4f} ll {record['train_ll']:.4f}" if "train_cmi" in record else ""))
+    member.save()
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -190,80 +375,18 @@ def fit(
     cmi_every: int = 0,
     stop_after_epoch: int | None = None,
     label: str = "train",
+    precision: Precision | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` (and the objective's own parameters) and return the per-epoch history.
+    """Train ``model`` (and the objective's own parameters) and return the per-epoch history: a
+    group of one for :func:`fit_members`.
 
     ``cmi_every`` > 0 adds the training-set CMI/LL every that many epochs (Figure 2);
     ``stop_after_epoch`` ends early with the schedule of the full recipe (early-stopped teacher).
     The data order and augmentation come from a generator seeded with ``seed``. ``resume_key``
     (the job spec's fingerprint) is stored with each resume checkpoint; only a checkpoint with the
     same key is resumed."""
-    model.to(device)
-    objective.to(device)
-    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
-    if not params:
-        raise ValueError(f"{label}: nothing to train (no parameter requires grad)")
-    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
-    data_gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    start_epoch = 1
-    last_epoch = min(recipe.epochs, stop_after_epoch or recipe.epochs)
-
-    state = _resumable_state(resume_path, resume_key, label)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_generator"])
-        _set_rng_state(state["rng"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-        _log(f"[{label}] resuming from {resume_path} after epoch {state['epoch']}")
-
-    for epoch in range(start_epoch, last_epoch + 1):
-        lr = recipe.lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        objective.train()
-        tic = time.time()
-        seen, correct, loss_sum = 0, 0, 0.0
-        term_sums: dict[str, float] = {}
-        for step, batch in enumerate(train.batches(recipe.batch_size, shuffle=True, augment=augment,
-                                                   generator=data_gen, device=device)):
-            out = objective.step(model, batch, epoch)
-            loss = out.loss
-            if not torch.isfinite(loss):
-                terms = {k: v.item() for k, v in out.terms.items()}
-                raise NonFiniteLossError(f"[{label}] non-finite loss at epoch {epoch}, step {step}: {terms}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = len(batch)
-            seen += n
-            loss_sum += loss.item() * n
-            correct += int((out.logits.argmax(dim=1) == batch.y[: out.logits.shape[0]]).sum())
-            for name, value in out.terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + value.item() * n
-        evaluation = evaluate(model, test, max(recipe.batch_size, 256), device)
-        record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
-                  "test_loss": evaluation["loss"], "test_acc": evaluation["acc"], "test_top5": evaluation["top5"],
-                  **{f"loss_{k}": v / seen for k, v in term_sums.items()}, "seconds": time.time() - tic}
-        if cmi_every and (epoch % cmi_every == 0 or epoch == last_epoch):
-            cmi = measure_cmi(model, train, max(recipe.batch_size, 256), device)
-            record.update(train_cmi=cmi["cmi"], train_ll=cmi["ll"])
-        check_finite(record, f"[{label}] epoch {epoch}")
-        history.append(record)
-        eta = record["seconds"] * (last_epoch - epoch)
-        _log(f"[{label}] epoch {epoch}/{last_epoch} lr {lr:.4g} loss {record['train_loss']:.4f} "
-             f"train {record['train_acc']:.2f}% test {record['test_acc']:.2f}% "
-             f"({record['seconds']:.1f}s, eta {eta / 60:.1f} min)"
-             + (f" cmi {record['train_cmi']:.4f} ll {record['train_ll']:.4f}" if "train_cmi" in record else ""))
-        if resume_path is not None:
-            save_torch_atomic(resume_path, {
-                "model": model.state_dict(), "objective": objective.state_dict(),
-                "optimizer": optimizer.state_dict(), "data_generator": data_gen.get_state(),
-                "rng": _rng_state(), "history": history, "epoch": epoch, "spec_fingerprint": resume_key,
-            })
-    return history
+    member = Member(model, objective, recipe, seed=seed, device=device, label=label, resume_path=resume_path,
+                    resume_key=resume_key, cmi_every=cmi_every, stop_after_epoch=stop_after_epoch)
+    fit_members([member], train, test, device=device, augment=augment, precision=precision)
+    _set_rng_state(member.rng)     # the process's random stream goes on as if the member had used it
+    return member.history

@@ -84,10 +84,36 @@ class DistillMethod(nn.Module):
         return StepOutput(terms=terms, logits=s.logits)
 
 
-class Distillation(Objective):
-    """A student's objective: a distillation method together with its frozen, eval-mode teacher."""
+class SharedTeacher(nn.Module):
+    """A frozen teacher whose features are computed once per input tensor and handed to every
+    student that asks for them until :meth:`clear` (the trainer clears it per batch). Students of
+    one group see the same batches, so one forward pass serves them all."""
 
-    def __init__(self, method: DistillMethod, teacher: ZooModel) -> None:
+    def __init__(self, model: ZooModel) -> None:
+        super().__init__()
+        self.model = model
+        self._memo: dict[int, tuple[torch.Tensor, Features]] = {}
+
+    def extract(self, x: torch.Tensor) -> Features:
+        hit = self._memo.get(id(x))
+        if hit is not None and hit[0] is x:   # the tensor is held, so its id cannot be reused
+            return hit[1]
+        features = self.model.extract(x)
+        self._memo[id(x)] = (x, features)
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extract(x).logits
+
+    def clear(self) -> None:
+        self._memo.clear()
+
+
+class Distillation(Objective):
+    """A student's objective: a distillation method together with its frozen, eval-mode teacher
+    (a :class:`ZooModel`, or a :class:`SharedTeacher` that several students use)."""
+
+    def __init__(self, method: DistillMethod, teacher: ZooModel | SharedTeacher) -> None:
         super().__init__()
         self.method = method
         self.teacher = teacher

@@ -174,7 +174,7 @@ class HSAKD(DistillMethod):
         return self
 
     def step(self, student: ZooModel, teacher: ZooModel, batch: Batch, epoch: int) -> StepOutput:
-        x = rotate_batch(batch.x)
+        x = batch.derived("rotated", rotate_batch)
         s = student.extract(x)
         with torch.no_grad():
             t = teacher.extract(x)
