@@ -31,17 +31,33 @@ def snakemake(*args: str, workdir: Path, timeout: int = 600) -> subprocess.Compl
 
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run (without its total)."""
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^([a-z_0-9]+)\s+(\d+)$", output, re.M)
+    stats = output[output.index("Job stats"):] if "Job stats" in output else ""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^([A-Za-z_0-9]+)\s+(\d+)$", stats, re.M)
             if m.group(1) != "total"}
 
 
+def student_jobs(counts: dict[str, int]) -> dict[str, int]:
+    """The grouped student jobs among a dry run's job counts."""
+    return {name: n for name, n in counts.items() if name.startswith("students_")}
+
+
 def test_paper_config_plans_the_paper_grid(tmp_path):
+    from snakemake.utils import validate
+
+    from mcmi.workflow_config import WorkflowConfig
+
     result = snakemake("-n", "table1", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
+    groups = student_jobs(counts)
+    # one job per (pair, teacher variant, seed) runs all 11 methods: 12 x 2 x 5, plus the lambda*
+    # students (6 teachers x 4 grid lambdas x 1 KD seed), each a group of its own
+    assert len(groups) == 12 * 2 * 5 + 6 * 4 == 144 <= 150
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    sizes = {group.name: len(group.cells) for group in WorkflowConfig(config, REPO).student_groups()}
     table1_students = 12 * 11 * 2 * 5                    # Table 1: pairs x methods x {MLL, MCMI} x seeds
-    selection_students = 6 * 4 * 1                       # lambda*: 6 teachers x 4 grid lambdas x 1 KD seed
-    assert counts["student"] == table1_students + selection_students == 1344
+    assert sum(sizes[name] for name in groups) == table1_students + 6 * 4 == 1344
     assert counts["student_vanilla"] == 8 * 5             # the "Student Accuracy" row: 8 students x 5 seeds
     assert counts["hsakd_heads"] == 12                    # 6 teachers x {MLL, MCMI}
     assert counts["teacher"] == 6 and counts["mcmi_selected"] == 6
@@ -126,6 +142,7 @@ def test_edits_rerun_exactly_the_jobs_whose_spec_changed(tmp_path):
     torch.save({"model": create_model("resnet14", 10).state_dict()}, checkpoint)
 
     def base(config):
+        config["experiments"] = {"table1": {**config["experiments"]["table1"], "methods": ["KD"], "seeds": [0]}}
         config["teachers"]["pretrained"] = {"digits": {"resnet14": str(checkpoint)}}
         config["recipes"]["student_tiny"] = dict(config["recipes"]["tiny"], epochs=1)
         config["recipe_of"]["digits"]["student"] = "student_tiny"
@@ -155,16 +172,17 @@ def test_edits_rerun_exactly_the_jobs_whose_spec_changed(tmp_path):
         assert dry.returncode == 0, dry.stderr[-3000:]
         return job_counts(dry.stdout)
 
+    kd_group = "students_digits_resnet14_resnet8_MLL_full_seed0"
     assert plan() == {}
     assert plan(reorder=True) == {}
-    assert plan(lambda c: c["methods"]["KD"].update(T=2)) == {"student": 1}
-    assert plan(lambda c: c["recipes"]["student_tiny"].update(lr=0.01)) == {"student": 1, "student_vanilla": 1}
+    assert plan(lambda c: c["methods"]["KD"].update(T=2)) == {kd_group: 1}
+    assert plan(lambda c: c["recipes"]["student_tiny"].update(lr=0.01)) == {kd_group: 1, "student_vanilla": 1}
     assert plan(lambda c: c["methods"]["vanilla"].update(ce_weight=0.5)) == {"student_vanilla": 1}
 
     time.sleep(1.1)                                        # a newer modification time than the outputs'
     torch.manual_seed(1)
     torch.save({"model": create_model("resnet14", 10).state_dict()}, checkpoint)
-    assert plan() == {"teacher": 1, "student": 1}
+    assert plan() == {"teacher": 1, kd_group: 1}
 
 
 @pytest.mark.parametrize("edit_before_rerun", [False, True], ids=["same-spec-resumes", "edited-spec-restarts"])

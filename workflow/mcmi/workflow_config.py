@@ -4,10 +4,45 @@ the inputs of every target. The Snakemake rules stay thin and call this one plac
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 VARIANTS = ("MLL", "MCMI")
+
+
+# a student's metrics file: {results}/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/
+_STUDENT_METRICS = re.compile(
+    r"/(?P<ds>[a-z0-9_]+)/students/(?P<teacher>[A-Za-z0-9_]+)-(?P<student>[A-Za-z0-9_]+)/(?P<method>[A-Za-z+]+)/"
+    r"(?P<variant>[^/]+)/(?P<setting>[^/]+)/seed(?P<seed>[0-9]+)/metrics\.json$")
+_MCMI_TEACHER_USE = re.compile(r"/(?P<ds>[a-z0-9_]+)/(?:teachers|measure)/(?P<teacher>[A-Za-z0-9_]+)/MCMI/")
+
+
+@dataclass(frozen=True, order=True)
+class StudentCell:
+    """One student of the tables: a pair, a method, the teacher variant, the setting and a seed."""
+
+    ds: str
+    teacher: str
+    student: str
+    method: str
+    variant: str
+    setting: str
+    seed: int
+
+    @property
+    def subset(self) -> str:
+        """The training set it sees: the full set (also for 'T<temperature>') or a few-/zero-shot subset."""
+        return "full" if self.setting == "full" or self.setting.startswith("T") else self.setting
+
+
+@dataclass
+class StudentGroup:
+    """Students trained by one job: same dataset, teacher checkpoint, training subset, seed and batch size."""
+
+    name: str
+    cells: list[StudentCell] = field(default_factory=list)
 
 
 class ConfigError(ValueError):
@@ -222,6 +257,11 @@ class WorkflowConfig:
         return {"dataset": self.dataset_spec(ds), "seed": int(seed), "device": self.config.get("device", "auto"),
                 "out_metrics": out_metrics, "resume": self.resume(out_metrics)}
 
+    def _numerics(self) -> dict[str, Any]:
+        """Training numerics of students (config ``precision``, ``channels_last``)."""
+        return {"precision": self.config.get("precision", "fp32"),
+                "channels_last": bool(self.config.get("channels_last", False))}
+
     def pretrained(self, ds: str, teacher: str) -> str | None:
         return self.config["teachers"].get("pretrained", {}).get(ds, {}).get(teacher)
 
@@ -275,7 +315,8 @@ class WorkflowConfig:
         hparams = self.method_hparams(method, teacher, student)
         run = {"dataset": ds, "teacher": teacher, "student": student, "method": method, "seed": int(seed),
                **self.variant_run_fields(variant)}
-        spec = {**self._common(ds, int(seed), out), "stage": "student", "student": student, "teacher": teacher,
+        spec = {**self._common(ds, int(seed), out), **self._numerics(), "stage": "student", "student": student,
+                "teacher": teacher,
                 "teacher_checkpoint": self.teacher_model(ds, teacher, variant), "method": method,
                 "recipe": self.recipe(ds, "student", student), "out_model": str(Path(out).with_name("model.pt"))}
         if setting.startswith("fs"):
@@ -296,7 +337,8 @@ class WorkflowConfig:
 
     def vanilla_spec(self, ds: str, student: str, seed: str) -> dict[str, Any]:
         out = self.vanilla(ds, student, int(seed))
-        return {**self._common(ds, int(seed), out), "stage": "student", "student": student, "method": "vanilla",
+        return {**self._common(ds, int(seed), out), **self._numerics(), "stage": "student", "student": student,
+                "method": "vanilla",
                 "recipe": self.recipe(ds, "student", student), "out_model": str(Path(out).with_name("model.pt")),
                 "hparams": dict(self.config["methods"].get("vanilla", {})),
                 "run": {"dataset": ds, "student": student, "method": "vanilla", "seed": int(seed)}}
@@ -336,6 +378,86 @@ class WorkflowConfig:
         if wc.method == "HSAKD":
             inputs["heads"] = self.hsakd_heads(wc.dataset, wc.teacher, wc.variant)
         return inputs
+
+    # ------------------------------------------------------------------ grouped student jobs
+    def student_cells(self) -> list[StudentCell]:
+        """Every distilled student some target needs: the tables' and figures' inputs, and the
+        lambda-selection students of each teacher whose MCMI (lambda*) version is used."""
+        paths = [p for outputs in self._target_inputs() for p in outputs]
+        cells = {self._cell(p) for p in paths if _STUDENT_METRICS.search(p)}
+        mcmi_teachers = {(m["ds"], m["teacher"]) for p in paths for m in [_MCMI_TEACHER_USE.search(p)] if m}
+        mcmi_teachers |= {(c.ds, c.teacher) for c in cells if c.variant == "MCMI"}
+        if self.selection_mode() == "select":
+            for ds, teacher in sorted(mcmi_teachers):
+                cells |= {self._cell(p) for p in self.selection_inputs(ds, teacher)}
+        return sorted(cells)
+
+    def _target_inputs(self) -> list[list[str]]:
+        found = []
+        for target in self.targets():
+            kind, number = re.fullmatch(r"(table|figure)(\d+)", target).groups()
+            found.append(self.table_inputs(int(number)) if kind == "table" else self.figure_inputs(int(number)))
+        return found
+
+    @staticmethod
+    def _cell(path: str) -> StudentCell:
+        m = _STUDENT_METRICS.search(path)
+        return StudentCell(m["ds"], m["teacher"], m["student"], m["method"], m["variant"], m["setting"], int(m["seed"]))
+
+    def student_groups(self) -> list[StudentGroup]:
+        """The student jobs: cells that share (dataset, teacher checkpoint, subset, seed, batch size) --
+        and the student model too when ``student_groups.by`` is 'pair' -- in chunks of at most
+        ``student_groups.max_students``; 'none' makes every student a job of its own."""
+        if hasattr(self, "_groups"):
+            return self._groups
+        options = self.config.get("student_groups", {})
+        by, limit = options.get("by", "pair"), int(options.get("max_students", 0)) or None
+        grouped: dict[tuple, list[StudentCell]] = {}
+        for cell in self.student_cells():
+            batch = self.recipe(cell.ds, "student", cell.student).get("batch_size", 64)
+            key = (cell.ds, cell.teacher, cell.variant, cell.subset, cell.seed, batch,
+                   cell.student if by == "pair" else "all", cell if by == "none" else None)
+            grouped.setdefault(key, []).append(cell)
+        groups = []
+        for key, cells in grouped.items():
+            ds, teacher, variant, subset, seed, _, student, single = key
+            base = (f"students_{ds}_{teacher}_{student}_{variant}_{subset}_seed{seed}" if single is None else
+                    f"student_{ds}_{teacher}_{single.student}_{single.method}_{variant}_{single.setting}_seed{seed}")
+            base = re.sub(r"[^A-Za-z0-9_]", "_", base.replace("+", "plus"))
+            chunks = [cells[i:i + limit] for i in range(0, len(cells), limit)] if limit else [cells]
+            for k, chunk in enumerate(chunks):
+                groups.append(StudentGroup(f"{base}_part{k + 1}" if len(chunks) > 1 else base, chunk))
+        self._groups = groups
+        return groups
+
+    def group_outputs(self, group: StudentGroup) -> list[str]:
+        out = []
+        for c in group.cells:
+            metrics = self.student(c.ds, c.teacher, c.student, c.method, c.variant, c.setting, c.seed)
+            out += [metrics, str(Path(metrics).with_name("model.pt"))]
+        return out
+
+    def group_inputs(self, group: StudentGroup) -> dict[str, str]:
+        first = group.cells[0]
+        inputs = {"ready": self.data_ready(first.ds),
+                  "teacher": self.teacher_model(first.ds, first.teacher, first.variant)}
+        if any(c.method == "HSAKD" for c in group.cells):
+            inputs["heads"] = self.hsakd_heads(first.ds, first.teacher, first.variant)
+        return inputs
+
+    def group_spec(self, group: StudentGroup) -> dict[str, Any]:
+        return {"stage": "student_group",
+                "members": [self.student_spec(c.ds, c.teacher, c.student, c.method, c.variant, c.setting, str(c.seed))
+                            for c in group.cells]}
+
+    def group_resources(self, group: StudentGroup) -> dict[str, int]:
+        """Scheduler resources of a group: wall time and memory grow with its number of students."""
+        first, n = group.cells[0], len(group.cells)
+        imagenet = self.mem_mb(first.ds) > 8000
+        epochs = max(self.recipe(c.ds, "student", c.student)["epochs"] for c in group.cells)
+        per_student = int(max(10, 2 * (40 if first.ds == "imagenet" else 1.0) * epochs))
+        return {"mem_mb": self.mem_mb(first.ds) + (4000 if imagenet else 1000) * (n - 1),
+                "runtime": per_student * n, "gpu": self.gpus_per_job}
 
     # ------------------------------------------------------------------ lambda*
     def selection_mode(self) -> str:

@@ -1,26 +1,30 @@
-# Stage: students. One job per (pair, method, teacher variant, setting, seed); setting is
+# Stage: students. A student is a (pair, method, teacher variant, setting, seed); setting is
 # "full", "fs<alpha>" (few-shot), "T<temperature>" (KD at that temperature) or "zs" (zero-shot).
 
 
-rule student:
-    input:
-        unpack(lambda wc: W.student_inputs(wc)),
-    output:
-        metrics=res("{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/metrics.json"),
-        model=res("{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/model.pt"),
-    params:
-        spec=lambda wc: spec_json(
-            W.student_spec(wc.dataset, wc.teacher, wc.student, wc.method, wc.variant, wc.setting, wc.seed)
-        ),
-    log:
-        res("logs/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}.log"),
-    threads: W.threads
-    resources:
-        **train_resources("student"),
-    conda:
-        "../../envs/mcmi.yaml"
-    shell:
-        stage_command()
+# One job per group of students that share (dataset, teacher checkpoint, training subset, seed); the
+# teacher runs once per batch for all of them (config student_groups: by pair, by teacher or none).
+# Each student's files keep their own paths, so tables and figures are unchanged.
+for _group in W.student_groups():
+
+    rule:
+        name:
+            _group.name
+        input:
+            **W.group_inputs(_group),
+        output:
+            W.group_outputs(_group),
+        params:
+            spec=spec_json(W.group_spec(_group)),
+        log:
+            res(f"logs/student_groups/{_group.name}.log"),
+        threads: W.threads
+        resources:
+            **W.group_resources(_group),
+        conda:
+            "../../envs/mcmi.yaml"
+        shell:
+            stage_command()
 
 
 rule student_vanilla:
