@@ -213,11 +213,23 @@ def train_students(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                              f"{[spec.get(key) for spec in specs]}")
     device, full_train, test = _setup(first)
     train = student_train_set(full_train, first)
-    num_classes = full_train.num_classes
     teacher_name = first.get("teacher") or first["student"]
-    teacher = SharedTeacher(_load_model(teacher_name, num_classes, first.get("teacher_checkpoint")))
-    teacher_shapes = probe_shapes(teacher.model, train.input_shape)
+    teacher = SharedTeacher(_load_model(teacher_name, full_train.num_classes, first.get("teacher_checkpoint")),
+                            teacher_name)
     precision = Precision(first.get("precision", "fp32"), bool(first.get("channels_last", False)))
+    members = student_members(specs, train, teacher, device, precision)
+    fit_members(members, train, test, device=device, teacher_cache=teacher, precision=precision)
+    return [_finish_student(spec, member, test, len(train), device) for spec, member in zip(specs, members)]
+
+
+def student_members(specs: list[dict[str, Any]], train: Any, teacher: SharedTeacher, device: torch.device,
+                    precision: Precision) -> list[Member]:
+    """One :class:`Member` per student spec, initialised as its own job would be: the seed, then the
+    student's, a teacher's (the job loads its teacher's weights over a fresh model) and the method's
+    initialisation, in that order."""
+    num_classes = train.num_classes
+    teacher_name = teacher.model_name
+    teacher_shapes = probe_shapes(teacher.model, train.input_shape)
     members = []
     for spec in specs:
         recipe = Recipe(**spec["recipe"])
@@ -238,8 +250,7 @@ def train_students(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                               device=device, label=label, **_resume(spec)))
     if precision.channels_last:
         teacher.model.to(memory_format=torch.channels_last)
-    fit_members(members, train, test, device=device, teacher_cache=teacher, precision=precision)
-    return [_finish_student(spec, member, test, len(train), device) for spec, member in zip(specs, members)]
+    return members
 
 
 def _finish_student(spec: dict[str, Any], member: Member, test: Any, train_size: int,

@@ -217,6 +217,8 @@ class Member:
         self.epochs_done = 0
         self.last_epoch = min(recipe.epochs, stop_after_epoch or recipe.epochs)
         self.failure: str | None = None
+        self.sums: _StepSums | None = None     # this epoch's running sums (set by the epoch loop)
+        self.tic = 0.0
         state = _resumable_state(resume_path, resume_key, label)
         if state is not None:
             model.load_state_dict(state["model"])

@@ -32,14 +32,16 @@ class StudentCell:
     seed: int
 
     @property
-    def subset(self) -> str:
-        """The training set it sees: the full set (also for 'T<temperature>') or a few-/zero-shot subset."""
-        return "full" if self.setting == "full" or self.setting.startswith("T") else self.setting
+    def group_setting(self) -> str:
+        """Which students share a job: one per setting, except that a temperature sweep ('T1', 'T4', ...;
+        all on the full training set) is one group, kept apart from the 'full' students so that a
+        target needing only one of them trains only those."""
+        return "T" if self.setting.startswith("T") else self.setting
 
 
 @dataclass
 class StudentGroup:
-    """Students trained by one job: same dataset, teacher checkpoint, training subset, seed and batch size."""
+    """Students trained by one job: same dataset, teacher checkpoint, setting, seed and batch size."""
 
     name: str
     cells: list[StudentCell] = field(default_factory=list)
@@ -405,7 +407,7 @@ class WorkflowConfig:
         return StudentCell(m["ds"], m["teacher"], m["student"], m["method"], m["variant"], m["setting"], int(m["seed"]))
 
     def student_groups(self) -> list[StudentGroup]:
-        """The student jobs: cells that share (dataset, teacher checkpoint, subset, seed, batch size) --
+        """The student jobs: cells that share (dataset, teacher checkpoint, setting, seed, batch size) --
         and the student model too when ``student_groups.by`` is 'pair' -- in chunks of at most
         ``student_groups.max_students``; 'none' makes every student a job of its own."""
         if hasattr(self, "_groups"):
@@ -415,13 +417,13 @@ class WorkflowConfig:
         grouped: dict[tuple, list[StudentCell]] = {}
         for cell in self.student_cells():
             batch = self.recipe(cell.ds, "student", cell.student).get("batch_size", 64)
-            key = (cell.ds, cell.teacher, cell.variant, cell.subset, cell.seed, batch,
+            key = (cell.ds, cell.teacher, cell.variant, cell.group_setting, cell.seed, batch,
                    cell.student if by == "pair" else "all", cell if by == "none" else None)
             grouped.setdefault(key, []).append(cell)
         groups = []
         for key, cells in grouped.items():
-            ds, teacher, variant, subset, seed, _, student, single = key
-            base = (f"students_{ds}_{teacher}_{student}_{variant}_{subset}_seed{seed}" if single is None else
+            ds, teacher, variant, setting, seed, _, student, single = key
+            base = (f"students_{ds}_{teacher}_{student}_{variant}_{setting}_seed{seed}" if single is None else
                     f"student_{ds}_{teacher}_{single.student}_{single.method}_{variant}_{single.setting}_seed{seed}")
             base = re.sub(r"[^A-Za-z0-9_]", "_", base.replace("+", "plus"))
             chunks = [cells[i:i + limit] for i in range(0, len(cells), limit)] if limit else [cells]

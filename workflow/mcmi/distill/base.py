@@ -89,9 +89,9 @@ class SharedTeacher(nn.Module):
     student that asks for them until :meth:`clear` (the trainer clears it per batch). Students of
     one group see the same batches, so one forward pass serves them all."""
 
-    def __init__(self, model: ZooModel) -> None:
+    def __init__(self, model: ZooModel, model_name: str = "") -> None:
         super().__init__()
-        self.model = model
+        self.model, self.model_name = model, model_name
         self._memo: dict[int, tuple[torch.Tensor, Features]] = {}
 
     def extract(self, x: torch.Tensor) -> Features:

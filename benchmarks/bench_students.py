@@ -1,0 +1,148 @@
+"""Grouped student jobs vs one job per student: student-images per second, their ratio, and the bound.
+
+For a teacher and its students (every Table 1 method on each), trains the same students for a few
+steps of CIFAR-sized batches (random pixels: speed does not depend on them; the training set has
+50,000 samples so CRD's memory banks have their real size) twice: each alone (its own teacher
+forward pass every step) and all in one group (one teacher pass per batch, see
+``mcmi.train.fit_members``). Runs alternate (alone, grouped, alone, grouped) so drift on a shared
+machine hits both. The bound is what sharing the teacher can give at most, from the measured times:
+sum over students of (teacher forward + student step) / (teacher forward + sum of student steps),
+HSAKD's teacher pass on the 4x rotated batch counted apart.
+
+    python benchmarks/bench_students.py                       # both groups of the issue, fp32
+    python benchmarks/bench_students.py --group resnet56 --precision bf16 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from mcmi.data.tensors import TensorImageDataset
+from mcmi.distill import SharedTeacher
+from mcmi.distill.hsakd import HSAKDTeacherHeads, rotate_batch, save_teacher_heads
+from mcmi.models import create_model, probe_shapes
+from mcmi.stages import student_members
+from mcmi.train import Precision, fit_members
+
+METHODS = ["KD", "AT", "PKT", "SP", "CC", "RKD", "VID", "CRD", "DKD", "ReviewKD", "HSAKD"]
+GROUPS = {"resnet56": ("resnet56", ["resnet20"]), "resnet32x4": ("resnet32x4", ["ShuffleV1", "ShuffleV2"])}
+NUM_TRAIN, NUM_CLASSES, BATCH = 50_000, 100, 64
+
+
+class FirstBatches:
+    """A CIFAR-sized training set whose epoch stops after ``steps`` batches."""
+
+    def __init__(self, data: TensorImageDataset, steps: int) -> None:
+        self.data, self.steps = data, steps
+        self.labels, self.num_classes, self.input_shape = data.labels, data.num_classes, data.input_shape
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, batch_size: int, **kwargs: Any) -> Iterator[Any]:
+        for step, batch in enumerate(self.data.batches(batch_size, **kwargs)):
+            if step == self.steps:
+                return
+            yield batch
+
+
+def _data(steps: int) -> tuple[FirstBatches, TensorImageDataset]:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (NUM_TRAIN, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, NUM_CLASSES, (NUM_TRAIN,), generator=gen)
+    full = TensorImageDataset(images, labels, NUM_CLASSES, (0.5,) * 3, (0.25,) * 3, "random-cifar")
+    return FirstBatches(full, steps), full.subset(torch.arange(BATCH))   # a one-batch test set
+
+
+def _specs(teacher: str, students: list[str], heads: str, folder: Path) -> list[dict[str, Any]]:
+    specs = []
+    for student in students:
+        for method in METHODS:
+            specs.append({"student": student, "teacher": teacher, "method": method, "seed": 0,
+                          "recipe": {"epochs": 1, "lr": 0.05, "batch_size": BATCH, "milestones": []},
+                          "extra": {"hsakd_teacher_heads": heads}, "resume": None,
+                          "out_metrics": str(folder / f"{student}-{method}.json")})
+    return specs
+
+
+def _train(specs: list[dict[str, Any]], teacher: SharedTeacher, train: FirstBatches, test: Any,
+           precision: Precision) -> float:
+    members = student_members(specs, train, teacher, torch.device("cpu"), precision)
+    for member in members:
+        member.resume_path = None
+    tic = time.perf_counter()
+    fit_members(members, train, test, device=torch.device("cpu"), teacher_cache=teacher, precision=precision)
+    return time.perf_counter() - tic
+
+
+@torch.no_grad()
+def _teacher_forward_seconds(teacher: torch.nn.Module, rotated: bool, precision: Precision, reps: int = 3) -> float:
+    x = torch.randn(BATCH, 3, 32, 32)
+    x = rotate_batch(x) if rotated else x
+    teacher.eval()
+    with precision.autocast(torch.device("cpu")):
+        teacher.extract(x)
+        tic = time.perf_counter()
+        for _ in range(reps):
+            teacher.extract(x)
+    return (time.perf_counter() - tic) / reps
+
+
+def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
+    teacher_name, students = GROUPS[group]
+    train, test = _data(steps)
+    torch.manual_seed(1)
+    model = create_model(teacher_name, NUM_CLASSES)
+    folder = Path(tempfile.mkdtemp())
+    heads = str(folder / "heads.pt")
+    save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES).heads, heads)
+    specs = _specs(teacher_name, students, heads, folder)
+    teacher = SharedTeacher(model, teacher_name)
+    alone, grouped = [], []
+    for _ in range(2):                                             # A B A B
+        alone.append(sum(_train([spec], teacher, train, test, precision) for spec in specs))
+        grouped.append(_train(specs, teacher, train, test, precision))
+    forward = _teacher_forward_seconds(model, False, precision) * steps
+    forward_rotated = _teacher_forward_seconds(model, True, precision) * steps
+    n_hsakd = sum(spec["method"] == "HSAKD" for spec in specs)
+    best_alone = min(alone)
+    student_work = best_alone - (len(specs) - n_hsakd) * forward - n_hsakd * forward_rotated
+    ideal_group = forward + (forward_rotated if n_hsakd else 0.0) + student_work
+    images = len(specs) * steps * BATCH
+    return {"students": len(specs), "alone_s": best_alone, "grouped_s": min(grouped),
+            "alone_img_s": images / best_alone, "grouped_img_s": images / min(grouped),
+            "ratio": best_alone / min(grouped), "bound": best_alone / ideal_group,
+            "teacher_forward_ms": 1000 * forward / steps, "alone_runs": alone, "grouped_runs": grouped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--group", choices=[*GROUPS, "all"], default="all")
+    parser.add_argument("--steps", type=int, default=5, help="training steps per student and run")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    groups = list(GROUPS) if args.group == "all" else [args.group]
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    print(f"{args.steps} steps of batch {BATCH} per student, {args.threads} threads, torch {torch.__version__}")
+    for name in groups:
+        for dtype in precisions:
+            r = bench(name, args.steps, Precision(dtype))
+            teacher, students = GROUPS[name]
+            print(f"{teacher} -> {'+'.join(students)} ({r['students']} students, {dtype}): "
+                  f"alone {r['alone_img_s']:.1f} student-img/s, grouped {r['grouped_img_s']:.1f} student-img/s, "
+                  f"ratio {r['ratio']:.2f}x, bound {r['bound']:.2f}x ({100 * r['ratio'] / r['bound']:.0f}% of it); "
+                  f"teacher forward {r['teacher_forward_ms']:.0f} ms/batch; runs alone "
+                  f"{', '.join(f'{t:.1f}' for t in r['alone_runs'])} s, grouped "
+                  f"{', '.join(f'{t:.1f}' for t in r['grouped_runs'])} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
