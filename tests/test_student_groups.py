@@ -129,3 +129,14 @@ def test_members_must_share_the_teacher_data_and_seed(tmp_path, teacher_files):
     b = member_spec(tmp_path, "AT", teacher_files, seed=4)
     with pytest.raises(ValueError, match="must share 'seed'"):
         run_stage({"stage": "student_group", "members": [a, b]})
+
+
+def test_bf16_and_channels_last_are_applied_to_students(tmp_path, teacher_files):
+    fp32 = member_spec(tmp_path / "fp32", "KD", teacher_files, epochs=1)
+    bf16 = member_spec(tmp_path / "bf16", "KD", teacher_files, epochs=1, precision="bf16", channels_last=True)
+    run_stage(fp32)
+    run_stage(bf16)
+    assert _history(fp32)[0]["train_loss"] != _history(bf16)[0]["train_loss"]       # the setting takes effect
+    assert abs(_history(fp32)[0]["train_loss"] - _history(bf16)[0]["train_loss"]) < 0.1   # and stays close
+    with pytest.raises(ValueError, match="precision must be"):
+        run_stage(member_spec(tmp_path / "bad", "KD", teacher_files, precision="fp16"))

@@ -91,13 +91,18 @@ def _claim_free_gpu(count: int) -> int:
 
 def pick_device(requested: str | None = None) -> torch.device:
     """CUDA when present (torch respects CUDA_VISIBLE_DEVICES; with several visible GPUs each job
-    claims a free one), otherwise the CPU. ``requested`` other than 'auto' is used as given."""
+    claims a free one), otherwise the CPU. ``requested`` other than 'auto' is used as given. On a
+    GPU, cuDNN benchmarks its kernels once for the fixed input shapes (``cudnn.benchmark``)."""
     if requested and requested != "auto":
-        return torch.device(requested)
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    count = torch.cuda.device_count()
-    return torch.device(f"cuda:{_claim_free_gpu(count)}" if count > 1 else "cuda")
+        device = torch.device(requested)
+    elif not torch.cuda.is_available():
+        device = torch.device("cpu")
+    else:
+        count = torch.cuda.device_count()
+        device = torch.device(f"cuda:{_claim_free_gpu(count)}" if count > 1 else "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -41,6 +41,8 @@ class TensorImageDataset:
     std: tuple[float, ...]
     name: str = ""
     crop_padding: int = 4          # random-crop padding of the augmentation (CIFAR: 4 at 32 px)
+    _device_copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -81,9 +83,21 @@ class TensorImageDataset:
             raise ValueError("shuffle/augment need an explicit torch.Generator (reproducibility)")
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        images, labels = self.on_device(device)
+        order = order.to(images.device)
         for start in range(0, n, batch_size):
             index = order[start:start + batch_size]
-            x = self.images[index].to(device, non_blocking=True)
+            x = images[index]
             if augment:
                 x = random_crop_flip(x, generator, self.crop_padding)
-            yield Batch(self.normalise(x), self.labels[index].to(device), index.to(device))
+            yield Batch(self.normalise(x), labels[index], index)
+
+    def on_device(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (uint8) and labels on ``device``, copied there once and kept: a GPU job indexes,
+        augments and normalises its batches on the GPU, with no host-to-device copy of images per step."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.images, self.labels
+        if str(device) not in self._device_copies:
+            self._device_copies[str(device)] = (self.images.to(device), self.labels.to(device))
+        return self._device_copies[str(device)]
