@@ -33,14 +33,14 @@ def teacher_files(tmp_path_factory) -> dict[str, str]:
 
 
 def member_spec(root: Path, method: str, teacher_files: dict[str, str], epochs: int = 2, **extra) -> dict:
-    out = root / method
+    out = root / "students" / method
     hparams = {"nce_k": 8} if method.startswith("CRD") else {}
     spec = {"stage": "student", "dataset": DATASET, "seed": 3, "device": "cpu", "student": "resnet8",
             "teacher": "resnet14", "teacher_checkpoint": teacher_files["checkpoint"], "method": method,
             "recipe": {"epochs": epochs, "lr": 0.05, "batch_size": 16, "milestones": [1]}, "hparams": hparams,
             "extra": {"hsakd_teacher_heads": teacher_files["heads"]},
             "out_metrics": str(out / "metrics.json"), "out_model": str(out / "model.pt"),
-            "resume": str(root / "_resume" / method / "last.pt"),
+            "resume": str(root / "_resume" / method / "last.pt"), "finished": str(root / "_finished" / method),
             "run": {"dataset": "digits", "teacher": "resnet14", "student": "resnet8", "method": method}}
     spec.update(extra)
     return spec
@@ -68,6 +68,8 @@ def test_every_method_trained_in_a_group_equals_it_trained_alone(tmp_path, teach
             assert torch.equal(value, member_weights[key]), (solo["method"], key)
         assert _history(solo) == _history(member), solo["method"]
     assert not any((tmp_path / "group" / "_resume").rglob("*.pt"))       # a finished group leaves no resume files
+    kept = Path(group[0]["finished"]) / "model.pt"                        # its results are kept as hard links
+    assert kept.stat().st_ino == Path(group[0]["out_model"]).stat().st_ino
 
 
 def test_a_killed_group_resumes_every_member_exactly(tmp_path, teacher_files):
@@ -140,3 +142,26 @@ def test_bf16_and_channels_last_are_applied_to_students(tmp_path, teacher_files)
     assert abs(_history(fp32)[0]["train_loss"] - _history(bf16)[0]["train_loss"]) < 0.1   # and stays close
     with pytest.raises(ValueError, match="precision must be"):
         run_stage(member_spec(tmp_path / "bad", "KD", teacher_files, precision="fp16"))
+
+
+def test_a_rerun_group_reuses_the_members_whose_spec_and_code_are_unchanged(tmp_path, teacher_files, capsys,
+                                                                              monkeypatch):
+    kd, at = (member_spec(tmp_path, m, teacher_files, epochs=1) for m in ("KD", "AT"))
+    run_stage({"stage": "student_group", "members": [kd, at]})
+    first_kd = Path(kd["out_metrics"]).read_text()
+    for spec in (kd, at):                       # Snakemake deletes a job's outputs before rerunning it
+        Path(spec["out_metrics"]).unlink()
+        Path(spec["out_model"]).unlink()
+    capsys.readouterr()
+    edited = dict(at, hparams={"beta": 500.0})
+    run_stage({"stage": "student_group", "members": [kd, edited]})
+    log = capsys.readouterr().out
+    assert "[KD]] reusing the finished result" in log and "[KD]] epoch 1/1" not in log
+    assert "[AT]] epoch 1/1" in log and "[AT]] reusing" not in log
+    assert Path(kd["out_metrics"]).read_text() == first_kd
+
+    import mcmi.stages
+
+    monkeypatch.setattr(mcmi.stages, "code_fingerprint", lambda: "other code")
+    run_stage({"stage": "student_group", "members": [kd, edited]})
+    assert "[KD]] epoch 1/1" in capsys.readouterr().out      # other code: trained again, not reused

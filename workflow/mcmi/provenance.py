@@ -4,6 +4,7 @@ atomic, strict JSON/torch writes and reads."""
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import glob
 import hashlib
 import json
@@ -56,12 +57,24 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of the package's source files (Python and C++): which code produced a result, exactly,
+    whether or not the checkout is committed."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cpp", ".h")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def provenance(config: dict[str, Any], seed: int | None, device: str | torch.device | None = None) -> dict[str, Any]:
     """The provenance block of a metrics file."""
     return {
         "config": config,
         "seed": seed,
         "versions": versions(),
+        "code_fingerprint": code_fingerprint(),
         "git_commit": _git_commit(),
         "host": platform.node(),
         "device": str(device) if device is not None else None,
@@ -168,6 +181,24 @@ def spec_fingerprint(spec: dict[str, Any]) -> str:
 def save_torch_atomic(path: str | os.PathLike, obj: Any) -> None:
     """torch.save through a temporary file and a rename."""
     _atomic(path, lambda h: torch.save(obj, h))
+
+
+def link_or_copy(source: str | os.PathLike, path: str | os.PathLike, copy: bool = True) -> bool:
+    """Make ``path`` a hard link to ``source`` (replacing what is there), or, where the file system
+    cannot link, an atomic copy (``copy``) or nothing; returns whether ``path`` now holds the file."""
+    source, path = Path(source), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.link{TMP_SUFFIX}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    if copy:
+        copy_file_atomic(source, path)
+    return copy
 
 
 def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:

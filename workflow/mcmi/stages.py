@@ -21,8 +21,8 @@ from mcmi.distill import Distillation, PairContext, SharedTeacher, build_method
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.provenance import (canonical_json, now, provenance, remove_stale_temporaries, save_torch_atomic,
-                             spec_fingerprint, write_json_atomic)
+from mcmi.provenance import (canonical_json, code_fingerprint, link_or_copy, now, provenance, read_json_strict,
+                             remove_stale_temporaries, save_torch_atomic, spec_fingerprint, write_json_atomic)
 from mcmi.train import Member, Precision, Recipe, evaluate, fit, fit_members, measure_cmi, pick_device, seed_everything
 
 StageFn = Callable[[dict[str, Any]], dict[str, Any]]
@@ -211,15 +211,56 @@ def train_students(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len({canonical_json(spec.get(key)) for spec in specs}) > 1:
             raise ValueError(f"students trained together must share {key!r}; members differ: "
                              f"{[spec.get(key) for spec in specs]}")
+    reused = [_reuse_finished(spec) for spec in specs]
+    todo = [spec for spec, metrics in zip(specs, reused) if metrics is None]
+    if not todo:
+        return reused
     device, full_train, test = _setup(first)
     train = student_train_set(full_train, first)
     teacher_name = first.get("teacher") or first["student"]
     teacher = SharedTeacher(_load_model(teacher_name, full_train.num_classes, first.get("teacher_checkpoint")),
                             teacher_name)
     precision = Precision(first.get("precision", "fp32"), bool(first.get("channels_last", False)))
-    members = student_members(specs, train, teacher, device, precision)
+    members = student_members(todo, train, teacher, device, precision)
     fit_members(members, train, test, device=device, teacher_cache=teacher, precision=precision)
-    return [_finish_student(spec, member, test, len(train), device) for spec, member in zip(specs, members)]
+    trained = iter([_finish_student(spec, member, test, len(train), device) for spec, member in zip(todo, members)])
+    return [metrics if metrics is not None else next(trained) for metrics in reused]
+
+
+def _student_label(spec: dict[str, Any]) -> str:
+    return f"student {spec['student']} <- {spec.get('teacher', '-')} [{spec['method']}]"
+
+
+def _reuse_finished(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """A student's earlier result, put back at its output paths, if one was kept (``spec['finished']``)
+    from a run with the same job spec and the same code; ``None`` when it must be trained. A group
+    reruns when any member's spec changes: the others come back from here instead of retraining."""
+    folder = spec.get("finished")
+    if not folder or not (Path(folder) / "model.pt").is_file() or not (Path(folder) / "metrics.json").is_file():
+        return None
+    try:
+        metrics = read_json_strict(Path(folder) / "metrics.json")
+        kept = metrics["provenance"]
+        same = (spec_fingerprint(kept["config"]) == spec_fingerprint(spec)
+                and kept.get("code_fingerprint") == code_fingerprint())
+    except (ValueError, KeyError, TypeError):
+        same = False
+    if not same:
+        return None
+    for name, target in (("model.pt", spec["out_model"]), ("metrics.json", spec["out_metrics"])):
+        link_or_copy(Path(folder) / name, target)
+    print(f"[{_student_label(spec)}] reusing the finished result kept "
+          f"in {folder} (same job spec and code); delete that folder to train it again", flush=True)
+    return metrics
+
+
+def _keep_finished(spec: dict[str, Any]) -> None:
+    """Hard-link a finished student's outputs into ``spec['finished']`` (see :func:`_reuse_finished`)."""
+    folder = spec.get("finished")
+    if not folder:
+        return
+    for name, source in (("model.pt", spec["out_model"]), ("metrics.json", spec["out_metrics"])):
+        link_or_copy(source, Path(folder) / name, copy=False)
 
 
 def student_members(specs: list[dict[str, Any]], train: Any, teacher: SharedTeacher, device: torch.device,
@@ -245,7 +286,7 @@ def student_members(specs: list[dict[str, Any]], train: Any, teacher: SharedTeac
         method = build_method(spec["method"], ctx, spec.get("hparams"))
         if precision.channels_last:
             student.to(memory_format=torch.channels_last)
-        label = f"student {spec['student']} <- {spec.get('teacher', '-')} [{spec['method']}]"
+        label = _student_label(spec)
         members.append(Member(student, Distillation(method, teacher), recipe, seed=int(spec["seed"]),
                               device=device, label=label, **_resume(spec)))
     if precision.channels_last:
@@ -262,7 +303,9 @@ def _finish_student(spec: dict[str, Any], member: Member, test: Any, train_size:
         final["confusion"] = confusion_matrix(member.model, test, device)
     _save_model(spec["out_model"], member.model, spec["student"], final["epochs"], final["test_acc"])
     extra_run = {"removed_classes": spec["zero_shot"]["removed_classes"]} if spec.get("zero_shot") else None
-    return _finish(spec, "student", final, member.history, device, extra_run)
+    metrics = _finish(spec, "student", final, member.history, device, extra_run)
+    _keep_finished(spec)
+    return metrics
 
 
 def run_stage(spec: dict[str, Any]) -> dict[str, Any]:

@@ -232,10 +232,18 @@ class WorkflowConfig:
     def synthetic(self, dmu: float) -> str:
         return f"{self.results}/synthetic/dmu{lam_str(dmu)}.json"
 
+    def _private(self, folder: str, output: str) -> str:
+        rel = Path(output).parent.relative_to(self.results) if output.startswith(self.results) else Path(output).parent
+        return f"{self.results}/{folder}/{rel}"
+
     def resume(self, output: str) -> str:
         """Resumable checkpoint for a job: beside the results tree, never a declared output."""
-        rel = Path(output).parent.relative_to(self.results) if output.startswith(self.results) else Path(output).parent
-        return f"{self.results}/_resume/{rel}/last.pt"
+        return f"{self._private('_resume', output)}/last.pt"
+
+    def finished(self, output: str) -> str:
+        """Where a finished student's files are kept (hard links, no extra space) for reuse when its
+        group reruns because another member's spec changed."""
+        return self._private("_finished", output)
 
     # ------------------------------------------------------------------ recipes and specs
     def dataset_spec(self, ds: str) -> dict[str, Any]:
@@ -320,7 +328,8 @@ class WorkflowConfig:
         spec = {**self._common(ds, int(seed), out), **self._numerics(), "stage": "student", "student": student,
                 "teacher": teacher,
                 "teacher_checkpoint": self.teacher_model(ds, teacher, variant), "method": method,
-                "recipe": self.recipe(ds, "student", student), "out_model": str(Path(out).with_name("model.pt"))}
+                "recipe": self.recipe(ds, "student", student), "out_model": str(Path(out).with_name("model.pt")),
+                "finished": self.finished(out)}
         if setting.startswith("fs"):
             alpha = float(setting[2:])
             exp = self.config["experiments"].get("table3", {})
