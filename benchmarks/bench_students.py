@@ -4,8 +4,8 @@ For a teacher and its students (every Table 1 method on each), trains the same s
 steps of CIFAR-sized batches (random pixels: speed does not depend on them; the training set has
 50,000 samples so CRD's memory banks have their real size) twice: each alone (its own teacher
 forward pass every step) and all in one group (one teacher pass per batch, see
-``mcmi.train.fit_members``). Runs alternate (alone, grouped, alone, grouped) so drift on a shared
-machine hits both. The bound is what sharing the teacher can give at most, from the measured times:
+``mcmi.train.fit_members``); for a teacher with several students also one group per pair. Runs
+alternate (alone, grouped, alone, grouped) so drift on a shared machine hits both. The bound is what sharing the teacher can give at most, from the measured times:
 sum over students of (teacher forward + student step) / (teacher forward + sum of student steps),
 HSAKD's teacher pass on the 4x rotated batch counted apart.
 
@@ -104,10 +104,13 @@ def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
     save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES).heads, heads)
     specs = _specs(teacher_name, students, heads, folder)
     teacher = SharedTeacher(model, teacher_name)
-    alone, grouped = [], []
-    for _ in range(2):                                             # A B A B
+    by_pair = [[spec for spec in specs if spec["student"] == student] for student in students]
+    alone, grouped, paired = [], [], []
+    for _ in range(2):                                             # A B (C) A B (C)
         alone.append(sum(_train([spec], teacher, train, test, precision) for spec in specs))
         grouped.append(_train(specs, teacher, train, test, precision))
+        if len(by_pair) > 1:                                       # the same students, one group per pair
+            paired.append(sum(_train(pair, teacher, train, test, precision) for pair in by_pair))
     forward = _teacher_forward_seconds(model, False, precision) * steps
     forward_rotated = _teacher_forward_seconds(model, True, precision) * steps
     n_hsakd = sum(spec["method"] == "HSAKD" for spec in specs)
@@ -118,7 +121,8 @@ def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
     return {"students": len(specs), "alone_s": best_alone, "grouped_s": min(grouped),
             "alone_img_s": images / best_alone, "grouped_img_s": images / min(grouped),
             "ratio": best_alone / min(grouped), "bound": best_alone / ideal_group,
-            "teacher_forward_ms": 1000 * forward / steps, "alone_runs": alone, "grouped_runs": grouped}
+            "teacher_forward_ms": 1000 * forward / steps, "alone_runs": alone, "grouped_runs": grouped,
+            "by_pair_ratio": best_alone / min(paired) if paired else None}
 
 
 def main() -> None:
@@ -141,7 +145,9 @@ def main() -> None:
                   f"ratio {r['ratio']:.2f}x, bound {r['bound']:.2f}x ({100 * r['ratio'] / r['bound']:.0f}% of it); "
                   f"teacher forward {r['teacher_forward_ms']:.0f} ms/batch; runs alone "
                   f"{', '.join(f'{t:.1f}' for t in r['alone_runs'])} s, grouped "
-                  f"{', '.join(f'{t:.1f}' for t in r['grouped_runs'])} s", flush=True)
+                  f"{', '.join(f'{t:.1f}' for t in r['grouped_runs'])} s"
+                  + (f"; one group per pair instead: ratio {r['by_pair_ratio']:.2f}x" if r["by_pair_ratio"] else ""),
+                  flush=True)
 
 
 if __name__ == "__main__":
