@@ -83,13 +83,14 @@ class WorkflowConfig:
             for model, path in models.items():
                 if not Path(path).is_file():
                     raise ConfigError(f"teachers.pretrained.{ds}.{model}: checkpoint {path} does not exist")
-        if "synthetic" in cfg["experiments"].get("table5", {}):
+        if "table5" in cfg["experiments"]:
             from mcmi.synthetic import resolve_config
 
-            try:
-                resolve_config(cfg["experiments"]["table5"]["synthetic"])
-            except ValueError as error:
-                raise ConfigError(f"experiments.table5.synthetic: {error}") from error
+            for preset in self.synthetic_presets:
+                try:
+                    resolve_config(cfg["experiments"]["table5"].get("synthetic", {}), preset)
+                except ValueError as error:
+                    raise ConfigError(f"experiments.table5.synthetic (preset {preset}): {error}") from error
         if "figure4" in cfg["experiments"]:
             exp = cfg["experiments"]["figure4"]
             if len(set(exp["removed_classes"])) != len(exp["removed_classes"]):
@@ -135,8 +136,8 @@ class WorkflowConfig:
     def hsakd_heads(self, ds: str, teacher: str, variant: str) -> str:
         return f"{self.teacher_dir(ds, teacher, variant)}/hsakd_heads.pt"
 
-    def synthetic(self, dmu: float) -> str:
-        return f"{self.results}/synthetic/dmu{lam_str(dmu)}.json"
+    def synthetic(self, preset: str, dmu: float | str) -> str:
+        return f"{self.results}/synthetic/{preset}/dmu{lam_str(dmu)}.json"
 
     def resume(self, output: str) -> str:
         """Resumable checkpoint for a job: beside the results tree, never a declared output."""
@@ -257,9 +258,17 @@ class WorkflowConfig:
         """Threads of one synthetic job (its config's ``threads``; 1 lets jobs of several delta_mu share a CPU)."""
         return int(self.config["experiments"].get("table5", {}).get("synthetic", {}).get("threads", 1))
 
-    def synthetic_spec(self, dmu: str, out: str) -> dict[str, Any]:
+    @property
+    def synthetic_presets(self) -> list[str]:
+        """The presets Table 5 runs (``experiments.table5.presets``; default: as_written only)."""
+        from mcmi.synthetic import DEFAULT_PRESET
+
+        return list(self.config["experiments"].get("table5", {}).get("presets", [DEFAULT_PRESET]))
+
+    def synthetic_spec(self, preset: str, dmu: str) -> dict[str, Any]:
+        """The job spec of one synthetic run; a function of the wildcards only (Snakemake sees its changes)."""
         return {"stage": "synthetic", "synthetic": dict(self.config["experiments"]["table5"].get("synthetic", {})),
-                "delta_mu": float(dmu), "seed": None, "out_metrics": out}
+                "preset": preset, "delta_mu": float(dmu), "seed": None, "out_metrics": self.synthetic(preset, dmu)}
 
     def student_inputs(self, wc: Any) -> dict[str, str]:
         inputs = {"ready": self.data_ready(wc.dataset),
@@ -359,7 +368,8 @@ class WorkflowConfig:
         return _unique(paths)
 
     def _table5_inputs(self) -> list[str]:
-        return [self.synthetic(d) for d in self._exp("table5")["delta_mu"]]
+        exp = self._exp("table5")
+        return [self.synthetic(preset, d) for preset in self.synthetic_presets for d in exp["delta_mu"]]
 
     def _table6_inputs(self) -> list[str]:
         exp = self._exp("table6")
