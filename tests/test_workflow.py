@@ -49,7 +49,7 @@ def test_paper_config_plans_the_paper_grid(tmp_path):
     result = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["synthetic"] == 4 and counts["table"] == 7 and counts["figure"] == 3
+    assert counts["synthetic"] == 4 * 2 and counts["table"] == 7 and counts["figure"] == 3   # 4 Δμ x 2 presets
 
 
 def test_lint_passes():
