@@ -7,7 +7,8 @@ forward pass every step) and all in one group (one teacher pass per batch, see
 ``mcmi.train.fit_members``); for a teacher with several students also one group per pair. Runs
 alternate (alone, grouped, alone, grouped) so drift on a shared machine hits both. The bound is what sharing the teacher can give at most, from the measured times:
 sum over students of (teacher forward + student step) / (teacher forward + sum of student steps),
-HSAKD's teacher pass on the 4x rotated batch counted apart.
+HSAKD's teacher pass on the 4x rotated batch counted apart. The learning rate is small (1e-4): the
+teacher is untrained and the pixels random, and speed does not depend on it.
 
     python benchmarks/bench_students.py                       # both groups of the issue, fp32
     python benchmarks/bench_students.py --group resnet56 --precision bf16 --steps 5
@@ -65,7 +66,7 @@ def _specs(teacher: str, students: list[str], heads: str, folder: Path) -> list[
     for student in students:
         for method in METHODS:
             specs.append({"student": student, "teacher": teacher, "method": method, "seed": 0,
-                          "recipe": {"epochs": 1, "lr": 0.05, "batch_size": BATCH, "milestones": []},
+                          "recipe": {"epochs": 1, "lr": 1e-4, "batch_size": BATCH, "milestones": []},
                           "extra": {"hsakd_teacher_heads": heads}, "resume": None,
                           "out_metrics": str(folder / f"{student}-{method}.json")})
     return specs
@@ -94,11 +95,29 @@ def _teacher_forward_seconds(teacher: torch.nn.Module, rotated: bool, precision:
     return (time.perf_counter() - tic) / reps
 
 
+@torch.no_grad()
+def _calibrate_batchnorm(model: torch.nn.Module, train: FirstBatches, batches: int = 20) -> None:
+    """Give the untrained teacher BatchNorm statistics of its inputs, so its features have a trained
+    network's scale (raw, they grow with depth and some losses overflow in a few steps)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None                                  # a plain average over the batches
+    model.train()
+    gen = torch.Generator().manual_seed(1)
+    for step, batch in enumerate(train.data.batches(BATCH, shuffle=True, generator=gen)):
+        if step == batches:
+            break
+        model(batch.x)
+    model.eval()
+
+
 def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
     teacher_name, students = GROUPS[group]
     train, test = _data(steps)
     torch.manual_seed(1)
     model = create_model(teacher_name, NUM_CLASSES)
+    _calibrate_batchnorm(model, train)
     folder = Path(tempfile.mkdtemp())
     heads = str(folder / "heads.pt")
     save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES).heads, heads)

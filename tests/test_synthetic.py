@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
+import yaml
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,9 +16,14 @@ from mcmi import synthetic
 from mcmi.cmi import mcmi_loss
 from mcmi.kernels import mlp_stack
 from mcmi.synthetic import (
+    DEFAULTS,
+    PRESETS,
     TARGETS,
     MLPStack,
     bayes_posterior,
+    noise_std,
+    scale_of,
+    split_sizes,
     resolve_config,
     run_synthetic,
     sample_gaussian,
@@ -158,7 +166,7 @@ def test_run_synthetic_tiny_config_writes_all_records(tmp_path) -> None:
     run_synthetic(config, 1.0, str(out))
     metrics = json.loads(out.read_text())
     final = metrics["final"]
-    assert metrics["run"] == {"stage": "synthetic", "delta_mu": 1.0}
+    assert metrics["run"] == {"stage": "synthetic", "delta_mu": 1.0, "preset": "as_written", "scale": "reduced"}
     assert {(r["target"], r["seed"]) for r in final["records"]} == {(t, s) for t in TARGETS for s in (0, 1)}
     assert all(r["pdist_l2"] == 0 and r["pdist_mean"] == 0 for r in final["records"] if r["target"] == "GroundTruth")
     assert all(r["pdist_l2"] > 0 for r in final["records"] if r["target"] != "GroundTruth")
@@ -183,3 +191,105 @@ def test_stale_build_lock_is_removed_and_a_live_one_kept(tmp_path) -> None:
     _remove_stale_lock(lock, max_age_s=600)
     assert not lock.exists()
     _remove_stale_lock(lock, max_age_s=600)  # nothing there: no error
+
+
+# ------------------------------------------------------------------------------------------- presets
+def test_presets_set_their_conventions_and_user_keys_override() -> None:
+    written, authors = resolve_config({}), resolve_config({}, "authors_code")
+    assert written == DEFAULTS                                   # as_written is today's behaviour
+    assert {k: authors[k] for k in PRESETS["authors_code"]} == PRESETS["authors_code"]
+    assert (authors["noise_param"], authors["optimizer"], authors["model_selection"], authors["pdist_split"]) == (
+        "variance", "sgd", "best_val_acc", "train")
+    assert resolve_config({"optimizer": "adam"}, "authors_code")["optimizer"] == "adam"
+    with pytest.raises(ValueError, match="unknown preset"):
+        resolve_config({}, "as_remembered")
+    with pytest.raises(ValueError, match="lambda_grid"):
+        resolve_config({"lambda_grid": [0.1, -0.1]})
+    with pytest.raises(ValueError, match="split"):
+        resolve_config({"split": [0.5, 0.2, 0.2]})
+    assert scale_of(written) == scale_of(authors) == "paper"
+    assert scale_of({**written, "num_points": 3000}) == scale_of({**written, "seeds": [0, 1]}) == "reduced"
+
+
+def test_schema_names_every_synthetic_key() -> None:
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    table5 = schema["properties"]["experiments"]["properties"]["table5"]["properties"]
+    assert set(table5["synthetic"]["properties"]) == set(DEFAULTS)
+    assert set(table5["presets"]["items"]["enum"]) == set(PRESETS)
+
+
+@pytest.mark.parametrize("preset, std", [("as_written", 4.0), ("authors_code", 2.0)])
+def test_preset_data_generator_reads_sigma_as_std_or_variance(preset: str, std: float) -> None:
+    cfg = resolve_config({}, preset)
+    assert noise_std(cfg["sigma"], cfg["noise_param"]) == std
+    means = task_means(10, 30, 1.0, task_seed=0)
+    x, y = sample_gaussian(means, std, 20_000, seed=0)
+    residual = x.double() - means[y]
+    assert float(residual.std()) == pytest.approx(std, rel=0.01)
+    # P* = softmax(-||x - mu||^2 / (2 * variance)) with the same reading
+    variance = cfg["sigma"] if cfg["noise_param"] == "variance" else cfg["sigma"] ** 2
+    direct = torch.softmax(-torch.cdist(x[:50].double(), means).square() / (2 * variance), dim=1)
+    assert torch.allclose(bayes_posterior(x[:50], means, std), direct, atol=1e-12)
+
+
+def test_preset_split_sizes() -> None:
+    assert split_sizes(100_000, PRESETS["as_written"]["split"]) == (90_000, 5_000, 5_000)
+    assert split_sizes(100_000, PRESETS["authors_code"]["split"]) == (5_000, 5_000, 90_000)
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_best_validation_selection_keeps_each_members_best_epoch(kernel: str) -> None:
+    """Each member ends with exactly the weights it had after its (first) best validation epoch."""
+    means, x, y, _ = _small_task(400)
+    x_tr, y_tr, x_va, y_va = x[:200], y[:200], x[200:], y[200:]
+    targets = F.one_hot(y_tr, 4).float().expand(3, -1, -1)
+    seeds, orders = (31, 32, 33), [41, 42, 43]
+
+    def fresh() -> MLPStack:
+        return MLPStack.from_models([seeded_mlp(s, 5, 8, 4) for s in seeds])
+
+    kw = {"batch_size": 32, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "kernel": KERNELS[kernel](),
+          "log": lambda _: None}
+    stack = fresh()
+    history = train_stack(stack, x_tr, targets, orders, epochs=8, val_data=(x_va, y_va), **kw)
+    best_epochs = history[-1]["best_epochs"]
+    per_epoch = torch.tensor([h["val_acc"] for h in history])            # (epochs, members)
+    for member, best in enumerate(best_epochs):
+        column = per_epoch[:, member]
+        assert best == int(torch.argmax(column)) + 1                      # argmax returns the first maximum
+        replay = fresh()
+        train_stack(replay, x_tr, targets, orders, epochs=best, **kw)
+        for ours, theirs in zip(stack.params, replay.params):
+            assert torch.equal(ours[member], theirs[member])
+    assert len(set(best_epochs)) > 1 or best_epochs[0] < 8                # the selection did something here
+
+
+def _tiny_run(tmp_path: Path, preset: str) -> dict:
+    config = {"num_points": 2000, "epochs": 3, "mcmi_epochs": 1, "seeds": [0, 1], "hidden": 16,
+              "lambda_grid": [0.1], "threads": 1, "log_every": 5}
+    out = tmp_path / f"{preset}.json"
+    run_synthetic(config, 2.0, str(out), preset)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("preset, split", [("as_written", "test"), ("authors_code", "train")])
+def test_pdist_is_taken_over_the_presets_split(tmp_path: Path, preset: str, split: str) -> None:
+    metrics = _tiny_run(tmp_path, preset)
+    final = metrics["final"]
+    assert metrics["run"]["preset"] == preset and final["pdist_norm"] == f"frobenius over the {split} set"
+    sizes = final["split_sizes"]
+    assert sizes == ({"train": 1800, "val": 100, "test": 100} if preset == "as_written"
+                     else {"train": 100, "val": 100, "test": 1800})
+    # the one-hot Pdist recomputed from the task on that split
+    cfg = resolve_config({}, preset)
+    std = noise_std(cfg["sigma"], cfg["noise_param"])
+    means = task_means(10, 30, 2.0, task_seed=0)
+    x, y = sample_gaussian(means, std, 2000, seed=0)
+    part = slice(0, sizes["train"]) if split == "train" else slice(2000 - sizes["test"], 2000)
+    expected = float(torch.linalg.norm(bayes_posterior(x[part], means, std) - F.one_hot(y[part], 10).double()))
+    onehot = [r for r in final["records"] if r["target"] == "OneHot"]
+    assert all(r["pdist_l2"] == pytest.approx(expected, rel=1e-9) for r in onehot)
+    assert all(r["pdist_l2"] == 0 for r in final["records"] if r["target"] == "GroundTruth")
+    has_best = all("best_epoch" in r and 1 <= r["best_epoch"] <= 3 for r in final["records"])
+    assert has_best == (preset == "authors_code")
+    assert all(math.isfinite(r["test_acc"]) for r in final["records"])

@@ -110,35 +110,75 @@ def test_write_table_formats(table1_paths: list[str], tmp_path: Path) -> None:
     assert len(pd.read_csv(f"{prefix}.csv")) > 264
 
 
-def synthetic(directory: Path, delta_mu: float, accs: dict[str, list[float]], pdists: dict[str, float]) -> str:
+def synthetic(directory: Path, delta_mu: float, accs: dict[str, list[float]], pdists: dict[str, float],
+              preset: str = "as_written", scale: str = "paper") -> str:
     records = [{"seed": seed, "target": target, "test_acc": acc, "pdist_l2": pdists[target],
                 "pdist_mean": pdists[target] / 100}
                for target, values in accs.items() for seed, acc in enumerate(values)]
-    return write_metrics(directory, f"synthetic_{delta_mu}", {"stage": "synthetic", "delta_mu": delta_mu},
+    return write_metrics(directory, f"synthetic_{preset}_{scale}_{delta_mu}",
+                         {"stage": "synthetic", "delta_mu": delta_mu, "preset": preset, "scale": scale},
                          {"lambda_selected": 0.1, "pdist_norm": "L2 over the test set", "records": records,
                           "teachers": []})
 
 
+GOOD_ACC = {"GroundTruth": [60, 62], "MCMI_KD": [59, 61], "MLL_KD": [58, 60], "OneHot": [50, 52]}
+GOOD_PDIST = {"GroundTruth": 0.0, "MCMI_KD": 10.0, "MLL_KD": 12.0, "OneHot": 40.0}
+
+
 def test_table5_orderings(tmp_path: Path) -> None:
-    good = synthetic(tmp_path, 0.5, {"GroundTruth": [60, 62], "MCMI_KD": [59, 61], "MLL_KD": [58, 60],
-                                     "OneHot": [50, 52]},
-                     {"GroundTruth": 0.0, "MCMI_KD": 10.0, "MLL_KD": 12.0, "OneHot": 40.0})
+    good = synthetic(tmp_path, 0.5, GOOD_ACC, GOOD_PDIST)
     bad = synthetic(tmp_path, 2, {"GroundTruth": [70], "MCMI_KD": [66], "MLL_KD": [68], "OneHot": [60]},
                     {"GroundTruth": 0.0, "MCMI_KD": 5.0, "MLL_KD": 4.0, "OneHot": 7.0})
     df = build_table(5, [good, bad], PAPER_DIR)
-    acc = cell(df, delta_mu="0.5", target="MCMI_KD", metric="acc")
+    acc = cell(df, preset="as_written", delta_mu="0.5", target="MCMI_KD", metric="acc")
     assert acc["ours_mean"] == pytest.approx(60.0) and acc["ours_n"] == 2 and acc["paper"] == pytest.approx(57.02)
-    orderings = table5_orderings(df).set_index("delta_mu")
-    assert orderings.loc["0.5", "acc_holds"] and orderings.loc["0.5", "pdist_holds"]
-    assert not orderings.loc["2", "acc_holds"] and not orderings.loc["2", "pdist_holds"]
-    assert cell(df, delta_mu="4", target="OneHot", metric="acc")["status"] == NOT_RUN
+    orderings = table5_orderings(df).set_index(["preset", "delta_mu"])
+    assert orderings.loc[("as_written", "0.5"), "acc_holds"] and orderings.loc[("as_written", "0.5"), "pdist_holds"]
+    assert not orderings.loc[("as_written", "2"), "acc_holds"]
+    assert not orderings.loc[("as_written", "2"), "pdist_holds"]
+    assert cell(df, preset="as_written", delta_mu="4", target="OneHot", metric="acc")["status"] == NOT_RUN
 
     prefix = tmp_path / "table5"
     make_table(5, [good, bad], PAPER_DIR, str(prefix))
     md = Path(f"{prefix}.md").read_text()
     assert "L2 over the test set" in md
-    assert "Δμ = 0.5: accuracy P* ≥ MCMI ≥ MLL ≥ one-hot holds" in md
-    assert "Δμ = 2: accuracy P* ≥ MCMI ≥ MLL ≥ one-hot does NOT hold" in md
+    assert "as_written, Δμ = 0.5: accuracy P* ≥ MCMI ≥ MLL ≥ one-hot holds" in md
+    assert "as_written, Δμ = 2: accuracy P* ≥ MCMI ≥ MLL ≥ one-hot does NOT hold" in md
+
+
+def test_table5_presets_are_separate_sections_beside_the_same_paper_cells(tmp_path: Path) -> None:
+    written = synthetic(tmp_path, 1, GOOD_ACC, GOOD_PDIST)
+    authors = synthetic(tmp_path, 1, {t: [a + 10 for a in v] for t, v in GOOD_ACC.items()}, GOOD_PDIST,
+                        preset="authors_code")
+    df = build_table(5, [written, authors], PAPER_DIR)
+    for preset, ours in (("as_written", 61.0), ("authors_code", 71.0)):
+        row = cell(df, preset=preset, delta_mu="1", target="GroundTruth", metric="acc")
+        assert row["status"] == OK and row["paper"] == pytest.approx(69.68)
+        assert row["ours_mean"] == pytest.approx(ours) and row["diff"] == pytest.approx(ours - 69.68)
+    prefix = tmp_path / "table5"
+    make_table(5, [written, authors], PAPER_DIR, str(prefix))
+    md = Path(f"{prefix}.md").read_text()
+    assert md.index("## as_written, Δμ = 0.5") < md.index("## as_written, Δμ = 1") < md.index("## authors_code, Δμ = 0.5")
+    assert "authors_code, Δμ = 1: accuracy P* ≥ MCMI ≥ MLL ≥ one-hot holds" in md
+
+
+def test_table5_reduced_scale_run_never_sits_beside_paper_numbers(tmp_path: Path) -> None:
+    """A demo/test-scale run (fewer points, epochs or seeds) shows '—' for the paper and no Δ."""
+    demo = synthetic(tmp_path, 1, GOOD_ACC, GOOD_PDIST, scale="reduced")
+    unknown = write_metrics(tmp_path, "old", {"stage": "synthetic", "delta_mu": 4},   # says nothing of its scale
+                            {"records": [{"seed": 0, "target": "OneHot", "test_acc": 40.0, "pdist_l2": 3.0}]})
+    df = build_table(5, [demo, unknown], PAPER_DIR)
+    paper_cell = cell(df, preset="as_written", delta_mu="1", target="GroundTruth", metric="acc")
+    assert paper_cell["status"] == NOT_RUN and paper_cell["ours_n"] == 0
+    for delta_mu, target in (("1", "GroundTruth"), ("4", "OneHot")):
+        ours = cell(df, preset="as_written [reduced scale]", delta_mu=delta_mu, target=target, metric="acc")
+        assert ours["status"] == NO_PAPER and math.isnan(ours["paper"]) and math.isnan(ours["diff"])
+    prefix = tmp_path / "table5"
+    make_table(5, [demo], PAPER_DIR, str(prefix))
+    md = Path(f"{prefix}.md").read_text()
+    section = md.split("## as_written [reduced scale], Δμ = 1")[1].split("##")[0]
+    truth = next(line for line in section.splitlines() if line.startswith("| P* (ground truth) |"))
+    assert f"61.00 ± 1.41 (2) | {DASH} |  |" in truth
 
 
 def test_table6_lambda_star(tmp_path: Path) -> None:

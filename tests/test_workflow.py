@@ -66,7 +66,7 @@ def test_paper_config_plans_the_paper_grid(tmp_path):
     result = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["synthetic"] == 4 and counts["table"] == 7 and counts["figure"] == 3
+    assert counts["synthetic"] == 4 * 2 and counts["table"] == 7 and counts["figure"] == 3   # 4 Δμ x 2 presets
 
 
 def test_lint_passes():
@@ -95,7 +95,15 @@ def _config(tmp_path: Path, edit=None) -> Path:
     (lambda c: c["teachers"]["pretrained"].update(digits={"resnet14": "/nonexistent/ckpt.pth"}),
      "teachers.pretrained.digits.resnet14"),
     (lambda c: c["experiments"]["table1"].update(dataset="cifar1000"), "experiments.table1.dataset"),
-    (lambda c: c["experiments"]["table5"]["synthetic"].update(kernel="cuda"), "experiments.table5.synthetic"),
+    (lambda c: c["experiments"]["table5"]["synthetic"].update(kernel="cuda"), "['table5']['synthetic']['kernel']"),
+    (lambda c: c["experiments"]["table5"]["synthetic"].update(lambda_grid=[0.1, -0.2]),
+     "['table5']['synthetic']['lambda_grid'][1]"),
+    (lambda c: c["experiments"]["table5"]["synthetic"].update(bogus_key=1), "'bogus_key' was unexpected"),
+    (lambda c: c["experiments"]["table5"]["synthetic"].update(epochs="ten"), "['table5']['synthetic']['epochs']"),
+    (lambda c: c["experiments"]["table5"].update(presets=["as_written", "as_remembered"]),
+     "['table5']['presets'][1]"),
+    (lambda c: c["experiments"]["table5"]["synthetic"].update(split=[0.5, 0.2, 0.2]),
+     "experiments.table5.synthetic (preset as_written): split"),
 ])
 def test_bad_config_fails_validation_naming_the_key(tmp_path, edit, key):
     result = snakemake("-n", "--configfile", str(_config(tmp_path, edit)), workdir=tmp_path, timeout=120)

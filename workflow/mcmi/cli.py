@@ -5,6 +5,7 @@
     mcmi adopt-teacher ...            make the lambda* grid teacher the MCMI teacher
     mcmi table N --out PREFIX M...    aggregate metrics files into table N
     mcmi figure N --out PREFIX M...   aggregate metrics files into figure N
+    mcmi paper-check --out PREFIX     Table 5's one-hot Pdist against its ground-truth accuracies
 
 SPEC is a JSON object, given inline or as @path/to/spec.json (or .yaml).
 """
@@ -67,6 +68,13 @@ def _cmd_figure(args: argparse.Namespace) -> None:
     make_figure(args.number, args.metrics, args.out)
 
 
+def _cmd_paper_check(args: argparse.Namespace) -> None:
+    from mcmi.paper_checks import write_table5_check
+
+    df = write_table5_check(args.paper_dir, args.out, args.num_points, args.z_slack)
+    print(df.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcmi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--paper-dir", default="config/paper")
         p.add_argument("metrics", nargs="*")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("paper-check", help="Table 5: Bayes accuracy implied by the paper's one-hot Pdist")
+    p.add_argument("--paper-dir", default="config/paper")
+    p.add_argument("--num-points", type=int, default=5000, help="points the Pdist is summed over")
+    p.add_argument("--z-slack", type=float, default=3.0, help="standard errors of sampling slack")
+    p.add_argument("--out", required=True, help="output prefix (.csv and .md are written)")
+    p.set_defaults(func=_cmd_paper_check)
     return parser
 
 

@@ -343,11 +343,11 @@ def prepare_data(spec: dict[str, Any]) -> dict[str, Any]:
 
 @stage("synthetic")
 def synthetic(spec: dict[str, Any]) -> dict[str, Any]:
-    """The synthetic Gaussian task at one delta_mu (Table 5)."""
+    """The synthetic Gaussian task at one delta_mu under one preset (Table 5)."""
     from mcmi.synthetic import run_synthetic
 
-    _require(spec, "synthetic", "delta_mu", "out_metrics")
-    return run_synthetic(spec["synthetic"], float(spec["delta_mu"]), spec["out_metrics"])
+    _require(spec, "synthetic", "delta_mu", "out_metrics", "preset")
+    return run_synthetic(spec["synthetic"], float(spec["delta_mu"]), spec["out_metrics"], spec["preset"])
 
 
 @stage("hsakd_heads")

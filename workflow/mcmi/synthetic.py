@@ -4,6 +4,13 @@ Task: K classes with uniform prior, x | y=k ~ N(mu_k, sigma^2 I) in D dimensions
 uniformly from {-dmu, 0, +dmu}. The Bayes posterior P*(y|x) is known exactly, so one can measure how far
 a teacher's output (the target a student learns from) is from it.
 
+Presets. Two named conventions (:data:`PRESETS`), each an explicit set of config keys that user keys
+override: ``as_written`` follows appendix A.6 as printed (sigma is the standard deviation, split 0.9/0.05/0.05,
+Adam, last-epoch models, Pdist over the test set); ``authors_code`` follows Ren et al.'s public toy-Gaussian
+notebooks, which the paper cites for the task (sigma is the variance, split 0.05/0.05/0.9 = 5k/5k/90k, SGD
+with momentum 0.9 at a constant lr, the student of the best validation accuracy kept, Pdist over the
+training points). The MCMI fine-tuning and the lambda selection are the same under both.
+
 Seeds. ``task_seed`` fixes one sign pattern s in {-1,0,1}^{K x D} (mu = dmu * s, so the four tasks differ
 only in scale) and one data sample (labels and the standard-normal noise, shared across dmu). The run
 seeds change only initialisation and data order. This matches the paper's tiny stds (e.g. 0.07 points of
@@ -42,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "num_classes": 10,
     "dim": 30,
     "sigma": 4.0,
+    "noise_param": "std",
     "split": [0.9, 0.05, 0.05],
     "hidden": 128,
     "epochs": 100,
@@ -49,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     "lr": 5e-4,
     "optimizer": "adam",
     "momentum": 0.9,
+    "lr_schedule": "constant",
+    "model_selection": "last",
+    "pdist_split": "test",
     "mcmi_epochs": 10,
     "mcmi_lr": 1e-4,
     "lambda_grid": [0.05, 0.1, 0.15, 0.2, 0.25],
@@ -60,10 +71,26 @@ DEFAULTS: dict[str, Any] = {
     "kernel": "auto",
 }
 
+# The named conventions of the task: each is the explicit key set it sets; a config's own keys override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "as_written": {"noise_param": "std", "split": [0.9, 0.05, 0.05], "optimizer": "adam", "lr_schedule": "constant",
+                   "model_selection": "last", "pdist_split": "test"},
+    "authors_code": {"noise_param": "variance", "split": [0.05, 0.05, 0.9], "optimizer": "sgd", "momentum": 0.9,
+                     "lr_schedule": "constant", "model_selection": "best_val_acc", "pdist_split": "train"},
+}
+DEFAULT_PRESET = "as_written"
+# The paper's scale (A.6): only a run at this scale (and 5 seeds) may sit beside a published cell.
+PAPER_SCALE: dict[str, Any] = {"num_points": 100_000, "num_classes": 10, "dim": 30, "sigma": 4.0, "hidden": 128,
+                               "epochs": 100, "batch_size": 32, "lr": 5e-4}
+PAPER_SEEDS = 5
+
 KERNELS = ("auto", "cpp", "torch")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, used by both kernels
 
 _CRITERIA = ("val_pdist", "val_nll")
+_CHOICES = {"noise_param": ("std", "variance"), "optimizer": ("adam", "sgd"), "lr_schedule": ("constant", "cosine"),
+            "model_selection": ("last", "best_val_acc"), "pdist_split": ("test", "train"), "kernel": KERNELS,
+            "lambda_criterion": _CRITERIA}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -83,6 +110,16 @@ def sample_gaussian(
     labels = torch.randint(0, means.shape[0], (num_points,), generator=gen)
     noise = torch.randn(num_points, means.shape[1], generator=gen, dtype=torch.float64)
     return (means[labels] + sigma * noise).to(torch.float32), labels
+
+
+def noise_std(sigma: float, noise_param: str) -> float:
+    """The noise standard deviation: ``sigma`` itself ("std") or its square root ("variance", Ren et al.'s
+    NOISE: x = mu + sqrt(NOISE) * eps)."""
+    if noise_param == "std":
+        return float(sigma)
+    if noise_param == "variance":
+        return math.sqrt(sigma)
+    raise ValueError(f"noise_param must be 'std' or 'variance', got {noise_param!r}")
 
 
 def bayes_posterior(x: torch.Tensor, means: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -144,7 +181,11 @@ class MLPStack:
 
     def zeros_like_params(self) -> list[torch.Tensor]:
         """Zero tensors shaped like ``params`` (views of one new flat buffer), e.g. optimizer state."""
-        return self._views(torch.zeros_like(self.flat), [tuple(view.shape[1:]) for view in self.params])
+        return self.views_of(torch.zeros_like(self.flat))
+
+    def views_of(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """(M, in, out) views of ``buffer`` (laid out like ``flat``), one per parameter tensor."""
+        return self._views(buffer, [tuple(view.shape[1:]) for view in self.params])
 
     def _views(self, buffer: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
         views, offset = [], 0
@@ -268,6 +309,7 @@ def train_stack(
     log_centroids: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     kernel: ModuleType | None = None,
+    val_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     stage: str = "train",
     log_every: int = 10,
     log: Callable[[str], None] = print,
@@ -278,10 +320,15 @@ def train_stack(
     with the same seed share the order); batches of ``batch_size``, the last one partial. With ``lam``
     (M,), ``log_centroids`` (M, K, K) and ``labels`` (N,) the loss is the MCMI objective CE - lam * KL(P_x
     || Q_y). ``kernel`` (from :func:`mcmi.kernels.mlp_stack`) runs each epoch in fused C++; None runs the
-    batched torch steps. Raises RuntimeError on a non-finite loss. Returns one summary dict per epoch."""
+    batched torch steps. With ``val_data`` (x_val (V, D), y_val (V,)) every member's validation accuracy is
+    measured after each epoch and each member ends with the weights of its epoch of best validation accuracy
+    (the first such epoch, as a strict ``>`` keeps it); the history's epochs then carry ``val_acc`` per member
+    and the last one ``best_epochs``. Raises RuntimeError on a non-finite loss or validation output. Returns
+    one summary dict per epoch."""
     run_epoch = _epoch_runner(stack, x, targets, batch_size, optimizer, momentum, lam, log_centroids, labels, kernel)
     generators = {seed: torch.Generator().manual_seed(seed) for seed in dict.fromkeys(order_seeds)}
     history, start, num = [], time.perf_counter(), x.shape[0]
+    best = None if val_data is None else BestValidation(stack)
     for epoch in range(epochs):
         perms_by_seed = {seed: torch.randperm(num, generator=gen) for seed, gen in generators.items()}
         perms = torch.stack([perms_by_seed[seed] for seed in order_seeds])
@@ -290,13 +337,52 @@ def train_stack(
         if not torch.isfinite(mean_loss).all():
             raise RuntimeError(f"non-finite loss in stage {stage!r} at epoch {epoch + 1}: {mean_loss.tolist()}")
         elapsed = time.perf_counter() - start
-        history.append({"stage": stage, "epoch": epoch + 1, "lr": rate, "loss_mean": float(mean_loss.mean()),
-                        "loss_min": float(mean_loss.min()), "loss_max": float(mean_loss.max()),
-                        "elapsed_s": round(elapsed, 2)})
+        entry = {"stage": stage, "epoch": epoch + 1, "lr": rate, "loss_mean": float(mean_loss.mean()),
+                 "loss_min": float(mean_loss.min()), "loss_max": float(mean_loss.max()),
+                 "elapsed_s": round(elapsed, 2)}
+        if best is not None:
+            entry["val_acc"] = best.update(epoch + 1, *val_data)
+        history.append(entry)
         if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
             log(f"[{stage}] epoch {epoch + 1}/{epochs} members={stack.size} "
                 f"loss={float(mean_loss.mean()):.4f} elapsed={elapsed:.1f}s")
+    if best is not None and history:
+        history[-1]["best_epochs"] = best.restore()
     return history
+
+
+class BestValidation:
+    """Per-member copy of the weights of the epoch of best validation accuracy (``>``: the first best).
+
+    The copy is one flat buffer like the stack's; after an epoch only the members that improved are
+    copied (a masked copy per layer view), so it costs far less than the epoch itself."""
+
+    def __init__(self, stack: MLPStack) -> None:
+        self.stack = stack
+        self.best_flat = stack.flat.clone()
+        self.best_views = stack.views_of(self.best_flat)
+        self.best_acc = torch.full((stack.size,), -math.inf, dtype=torch.float64)
+        self.best_epoch = torch.zeros(stack.size, dtype=torch.long)
+
+    @torch.no_grad()
+    def update(self, epoch: int, x_val: torch.Tensor, y_val: torch.Tensor) -> list[float]:
+        """Measure every member on the validation split; keep the weights of those that improved."""
+        logits = torch.cat([self.stack.logits(part) for part in x_val.split(8192)], dim=1)
+        if not torch.isfinite(logits).all():
+            raise RuntimeError(f"non-finite validation output at epoch {epoch}")
+        acc = 100.0 * (logits.argmax(-1) == y_val).to(torch.float64).mean(-1)
+        improved = acc > self.best_acc
+        if improved.any():
+            for best_view, view in zip(self.best_views, self.stack.params):
+                best_view[improved] = view[improved]
+            self.best_acc[improved] = acc[improved]
+            self.best_epoch[improved] = epoch
+        return [round(float(a), 4) for a in acc]
+
+    def restore(self) -> list[int]:
+        """Put the best weights into the stack; return each member's best epoch (1-based)."""
+        self.stack.flat.copy_(self.best_flat)
+        return self.best_epoch.tolist()
 
 
 def _epoch_runner(
@@ -396,19 +482,30 @@ def _teacher_record(seed: int, variant: str, probs: torch.Tensor, labels: torch.
 
 
 # ---------------------------------------------------------------------------------------------- entry
-def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` over :data:`DEFAULTS`; unknown keys and bad choices raise ValueError."""
+def resolve_config(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> dict[str, Any]:
+    """``config`` over the ``preset``'s keys over :data:`DEFAULTS`; unknown keys, an unknown preset and bad
+    choices raise ValueError naming the key."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown synthetic config keys: {sorted(unknown)}")
-    cfg = {**DEFAULTS, **config}
-    if cfg["lambda_criterion"] not in _CRITERIA:
-        raise ValueError(f"lambda_criterion must be one of {_CRITERIA}, got {cfg['lambda_criterion']!r}")
-    if cfg["optimizer"] not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {cfg['optimizer']!r}")
-    if cfg["kernel"] not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {cfg['kernel']!r}")
+    cfg = {**DEFAULTS, **PRESETS[preset], **config}
+    for key, choices in _CHOICES.items():
+        if cfg[key] not in choices:
+            raise ValueError(f"{key} must be one of {choices}, got {cfg[key]!r}")
+    if len(cfg["split"]) != 3 or any(part <= 0 for part in cfg["split"]) or abs(sum(cfg["split"]) - 1) > 1e-6:
+        raise ValueError(f"split must be three positive fractions (train, val, test) summing to 1, "
+                         f"got {cfg['split']}")
+    if any(float(lam) < 0 for lam in cfg["lambda_grid"]):
+        raise ValueError(f"lambda_grid entries must be >= 0, got {cfg['lambda_grid']}")
     return cfg
+
+
+def scale_of(cfg: dict[str, Any]) -> str:
+    """"paper" when a resolved config runs at the paper's scale (:data:`PAPER_SCALE`, 5 seeds), else "reduced"."""
+    same = all(float(cfg[key]) == float(value) for key, value in PAPER_SCALE.items())
+    return "paper" if same and len(cfg["seeds"]) == PAPER_SEEDS else "reduced"
 
 
 def select_kernel(choice: str, log: Callable[[str], None] = print) -> ModuleType | None:
@@ -424,13 +521,20 @@ def select_kernel(choice: str, log: Callable[[str], None] = print) -> ModuleType
         return None
 
 
-def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str) -> dict[str, Any]:
-    """Run Table 5 for one ``delta_mu`` end to end and write the metrics JSON to ``out_path``.
+def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str,
+                  preset: str = DEFAULT_PRESET) -> dict[str, Any]:
+    """Run Table 5 for one ``delta_mu`` under ``preset`` (:data:`PRESETS`) end to end and write the metrics
+    JSON to ``out_path``.
 
-    Config keys (paper values as defaults, see :data:`DEFAULTS`):
+    Config keys (paper values as defaults, see :data:`DEFAULTS`; a preset sets the convention keys):
       num_points (1e5), num_classes (10), dim (30), sigma (4.0), split ([0.9, 0.05, 0.05]): the task;
+      noise_param ("std": x = mu + sigma * eps; "variance": x = mu + sqrt(sigma) * eps, P* alike);
       hidden (128): MLP width; epochs (100), batch_size (32), lr (5e-4): MLL teachers and students;
       optimizer ("adam"; the paper does not say; lr 5e-4 is an Adam-scale rate), momentum (0.9, SGD only);
+      lr_schedule ("constant" or "cosine", per epoch): MLL teachers and students;
+      model_selection ("last", or "best_val_acc": each student keeps its epoch of best validation
+        accuracy; the MLL teacher stays the last-epoch model, as the KD teacher of Ren et al.'s code);
+      pdist_split ("test" or "train"): the points over which Pdist (Frobenius) is taken;
       mcmi_epochs (10), mcmi_lr (1e-4 = lr/5, cosine annealed, as the paper's CIFAR fine-tuning):
         MCMI fine-tuning from the MLL teacher with Q_y fixed from the MLL teacher on the train split;
       lambda_grid ([0.05 .. 0.25]) and lambda_criterion ("val_pdist": Frobenius distance of the MCMI
@@ -444,7 +548,7 @@ def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str) -> dic
         (tested against torch.optim to 1e-10 in float64).
     Students (same MLP, from scratch) learn by soft-target CE from P* (GroundTruth), the MCMI teacher,
     the MLL teacher and one-hot labels; the four students of a seed share initialisation and data order."""
-    cfg = resolve_config(config)
+    cfg = resolve_config(config, preset)
     torch.set_num_threads(cfg["threads"])
     torch.set_flush_denormal(True)   # near-one-hot outputs (large delta_mu) otherwise make steps ~2x slower
     started = time.perf_counter()
@@ -455,13 +559,14 @@ def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str) -> dic
     num_classes, seeds = cfg["num_classes"], list(cfg["seeds"])
     train_kw = {"batch_size": cfg["batch_size"], "optimizer": cfg["optimizer"], "momentum": cfg["momentum"],
                 "log_every": cfg["log_every"], "kernel": kernel}
+    std = noise_std(cfg["sigma"], cfg["noise_param"])
 
     means = task_means(num_classes, cfg["dim"], delta_mu, cfg["task_seed"])
-    x, y = sample_gaussian(means, cfg["sigma"], cfg["num_points"], cfg["task_seed"])
+    x, y = sample_gaussian(means, std, cfg["num_points"], cfg["task_seed"])
     n_train, n_val, _ = split_sizes(cfg["num_points"], cfg["split"])
     x_tr, x_va, x_te = x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :]
     y_tr, y_va, y_te = y[:n_train], y[n_train : n_train + n_val], y[n_train + n_val :]
-    p_star = {name: bayes_posterior(part, means, cfg["sigma"]) for name, part in
+    p_star = {name: bayes_posterior(part, means, std) for name, part in
               (("train", x_tr), ("val", x_va), ("test", x_te))}
     onehot = F.one_hot(y_tr, num_classes).to(torch.float32)
 
@@ -471,7 +576,8 @@ def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str) -> dic
     # MLL teachers
     teachers = new_stack([1000 * s + 1 for s in seeds])
     history = train_stack(teachers, x_tr, onehot.expand(len(seeds), -1, -1), [1000 * s + 3 for s in seeds],
-                          epochs=cfg["epochs"], lr=cfg["lr"], stage=f"mll dmu={delta_mu}", **train_kw)
+                          epochs=cfg["epochs"], lr=cfg["lr"], schedule=cfg["lr_schedule"],
+                          stage=f"mll dmu={delta_mu}", **train_kw)
     mll_train, mll_val, mll_test = (teachers.probs(part) for part in (x_tr, x_va, x_te))
 
     # MCMI fine-tuning over the lambda grid (members ordered lambda-major)
@@ -509,26 +615,37 @@ def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str) -> dic
     students = new_stack([1000 * s + 2 for s in seeds] * len(TARGETS))
     history += train_stack(students, x_tr, torch.cat([train_targets[t] for t in TARGETS]),
                            [1000 * s + 4 for s in seeds] * len(TARGETS), epochs=cfg["epochs"], lr=cfg["lr"],
-                           stage=f"students dmu={delta_mu}", **train_kw)
+                           schedule=cfg["lr_schedule"], stage=f"students dmu={delta_mu}",
+                           val_data=(x_va, y_va) if cfg["model_selection"] == "best_val_acc" else None, **train_kw)
     student_test = students.probs(x_te)
+    best_epochs = history[-1].get("best_epochs")
+    pdist_split = cfg["pdist_split"]
+    pdist_targets = test_targets if pdist_split == "test" else {
+        **train_targets, "GroundTruth": p_star["train"].expand(len(seeds), -1, -1)}  # float64: exactly 0
 
     records = []
     for t_index, target in enumerate(TARGETS):
         for s_index, seed in enumerate(seeds):
-            probs = student_test[t_index * len(seeds) + s_index]
-            l2, mean = pdist(p_star["test"], test_targets[target][s_index])
-            records.append({"seed": seed, "target": target, "test_acc": accuracy(probs, y_te), "pdist_l2": l2,
-                            "pdist_mean": mean, "student_pdist_l2": pdist(p_star["test"], probs)[0]})
+            member = t_index * len(seeds) + s_index
+            probs = student_test[member]
+            l2, mean = pdist(p_star[pdist_split], pdist_targets[target][s_index])
+            record = {"seed": seed, "target": target, "test_acc": accuracy(probs, y_te), "pdist_l2": l2,
+                      "pdist_mean": mean, "student_pdist_l2": pdist(p_star["test"], probs)[0]}
+            if best_epochs is not None:
+                record["best_epoch"] = best_epochs[member]
+            records.append(record)
     teacher_records = [_teacher_record(seed, "MLL", mll_test[i], y_te, p_star["test"], num_classes)
                        for i, seed in enumerate(seeds)]
     teacher_records += [_teacher_record(seed, "MCMI", mcmi_test[i], y_te, p_star["test"], num_classes)
                         for i, seed in enumerate(seeds)]
     elapsed = time.perf_counter() - started
     result = {
-        "run": {"stage": "synthetic", "delta_mu": delta_mu},
+        "run": {"stage": "synthetic", "delta_mu": delta_mu, "preset": preset, "scale": scale_of(cfg)},
         "final": {
             "lambda_grid": grid, "lambda_criterion": cfg["lambda_criterion"], "lambda_scores": scores,
-            "lambda_selected": grid[chosen], "pdist_norm": "frobenius over the test set",
+            "lambda_selected": grid[chosen], "pdist_norm": f"frobenius over the {pdist_split} set",
+            "split_sizes": {"train": n_train, "val": n_val, "test": len(y_te)}, "noise_std": std,
+            "model_selection": cfg["model_selection"],
             "bayes_test_acc": accuracy(p_star["test"], y_te),
             "bayes_expected_acc": 100.0 * float(p_star["test"].max(-1).values.mean()),
             "records": records, "teachers": teacher_records, "wall_time_s": round(elapsed, 1),

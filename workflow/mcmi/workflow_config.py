@@ -133,13 +133,14 @@ class WorkflowConfig:
         selection_method = cfg["mcmi"].get("lambda_selection", {}).get("method", "KD")
         if selection_method not in cfg["methods"]:
             raise ConfigError(f"mcmi.lambda_selection.method: {selection_method!r} has no entry under 'methods'")
-        if "synthetic" in cfg["experiments"].get("table5", {}):
+        if "table5" in cfg["experiments"]:
             from mcmi.synthetic import resolve_config
 
-            try:
-                resolve_config(cfg["experiments"]["table5"]["synthetic"])
-            except ValueError as error:
-                raise ConfigError(f"experiments.table5.synthetic: {error}") from error
+            for preset in self.synthetic_presets:
+                try:
+                    resolve_config(cfg["experiments"]["table5"].get("synthetic", {}), preset)
+                except ValueError as error:
+                    raise ConfigError(f"experiments.table5.synthetic (preset {preset}): {error}") from error
         if "table4" in cfg["experiments"]:
             self._check_early_stop(cfg["experiments"]["table4"])
         if "figure4" in cfg["experiments"]:
@@ -229,8 +230,8 @@ class WorkflowConfig:
     def hsakd_heads(self, ds: str, teacher: str, variant: str) -> str:
         return f"{self.teacher_dir(ds, teacher, variant)}/hsakd_heads.pt"
 
-    def synthetic(self, dmu: float) -> str:
-        return f"{self.results}/synthetic/dmu{lam_str(dmu)}.json"
+    def synthetic(self, preset: str, dmu: float | str) -> str:
+        return f"{self.results}/synthetic/{preset}/dmu{lam_str(dmu)}.json"
 
     def _private(self, folder: str, output: str) -> str:
         rel = Path(output).parent.relative_to(self.results) if output.startswith(self.results) else Path(output).parent
@@ -371,9 +372,17 @@ class WorkflowConfig:
         """Threads of one synthetic job (its config's ``threads``; 1 lets jobs of several delta_mu share a CPU)."""
         return int(self.config["experiments"].get("table5", {}).get("synthetic", {}).get("threads", 1))
 
-    def synthetic_spec(self, dmu: str) -> dict[str, Any]:
+    @property
+    def synthetic_presets(self) -> list[str]:
+        """The presets Table 5 runs (``experiments.table5.presets``; default: as_written only)."""
+        from mcmi.synthetic import DEFAULT_PRESET
+
+        return list(self.config["experiments"].get("table5", {}).get("presets", [DEFAULT_PRESET]))
+
+    def synthetic_spec(self, preset: str, dmu: str) -> dict[str, Any]:
+        """The job spec of one synthetic run; a function of the wildcards only (Snakemake sees its changes)."""
         return {"stage": "synthetic", "synthetic": dict(self.config["experiments"]["table5"].get("synthetic", {})),
-                "delta_mu": float(dmu), "seed": None, "out_metrics": self.synthetic(float(dmu))}
+                "preset": preset, "delta_mu": float(dmu), "seed": None, "out_metrics": self.synthetic(preset, dmu)}
 
     def teacher_inputs(self, ds: str, teacher: str, variant: str) -> dict[str, str]:
         """A teacher job needs its data; an imported (pretrained) one also its checkpoint file, so
@@ -561,7 +570,8 @@ class WorkflowConfig:
         return _unique(paths)
 
     def _table5_inputs(self) -> list[str]:
-        return [self.synthetic(d) for d in self._exp("table5")["delta_mu"]]
+        exp = self._exp("table5")
+        return [self.synthetic(preset, d) for preset in self.synthetic_presets for d in exp["delta_mu"]]
 
     def _table6_inputs(self) -> list[str]:
         exp = self._exp("table6")

@@ -36,6 +36,7 @@ wildcard_constraints:
     temp="[0-9.]+",
     epochs="[0-9]+",
     dmu="[0-9.]+",
+    preset="[a-z_]+",
     n="[0-9]+",
 
 

@@ -1,14 +1,15 @@
-# Stage: the synthetic Gaussian task (Table 5). One job per delta_mu trains every seed's MLL and
-# MCMI teachers and the four students together (batched over seeds) on the CPU.
+# Stage: the synthetic Gaussian task (Table 5). One job per (preset, delta_mu) trains every seed's MLL and
+# MCMI teachers and the four students together (batched over seeds) on the CPU. Presets (as_written,
+# authors_code) are named key sets of mcmi.synthetic.PRESETS; their outputs live in separate folders.
 
 
 rule synthetic:
     output:
-        res("synthetic/dmu{dmu}.json"),
+        res("synthetic/{preset}/dmu{dmu}.json"),
     params:
-        spec=lambda wc: spec_json(W.synthetic_spec(wc.dmu)),
+        spec=lambda wc: spec_json(W.synthetic_spec(wc.preset, wc.dmu)),
     log:
-        res("logs/synthetic/dmu{dmu}.log"),
+        res("logs/synthetic/{preset}/dmu{dmu}.log"),
     threads: W.synthetic_threads
     resources:
         mem_mb=4000,
