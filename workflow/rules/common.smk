@@ -37,7 +37,7 @@ wildcard_constraints:
     temp="[0-9.]+",
     epochs="[0-9]+",
     dmu="[0-9.]+",
-    n="[0-9]+",
+    n="[0-9]+x?",          # table ids: 1..7 and 1x (beyond the paper)
 
 
 def stage_command(spec_param="spec"):
