@@ -189,6 +189,8 @@ def train_student(spec: dict[str, Any]) -> dict[str, Any]:
                   label=f"student {spec['student']} <- {spec.get('teacher', '-')} [{spec['method']}]")
     final = _final_from_history(history)
     final["method_hparams"] = method.hparams
+    if method.method_info():
+        final["method_info"] = method.method_info()
     final["train_size"] = len(train)
     if spec.get("zero_shot"):
         final["confusion"] = confusion_matrix(student, test, device)
@@ -242,9 +244,10 @@ def train_hsakd_heads(spec: dict[str, Any]) -> dict[str, Any]:
     teacher = _load_model(spec["model"], train.num_classes, spec["checkpoint"])
     for p in teacher.parameters():
         p.requires_grad_(False)
-    objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes)
+    heads_kind = spec.get("hparams", {}).get("heads", "auto")
+    objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes, spec["model"], heads_kind)
     history = fit(teacher, objective, train, test, recipe, seed=int(spec["seed"]), device=device,
                   resume_path=spec.get("resume"), label=f"hsakd heads {spec['model']}")
     save_teacher_heads(objective.heads, spec["out_model"])
-    return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"],
-                                         "train_loss": history[-1]["train_loss"]}, history, device)
+    return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"], "train_loss": history[-1]["train_loss"],
+                                         "heads": objective.heads.kind}, history, device)
