@@ -66,6 +66,61 @@ def reference_vgg_count(cfg: list[list[int]]) -> int:
     return extractors + 4 * (512 * OUT + OUT)
 
 
+def _shuffle1_unit(cin: int, cout: int, groups: int = 3) -> int:
+    """models/ShuffleNetv1.py Bottleneck: grouped 1x1 (groups 1 after the 24-channel stem), depthwise 3x3,
+    grouped 1x1, three BNs."""
+    mid, g = cout // 4, 1 if cin == 24 else groups
+    return cin * mid // g + 2 * mid + 9 * mid + 2 * mid + mid * cout // groups + 2 * cout
+
+
+def reference_shufflev1_count() -> int:
+    def layer(cin: int, width: int, n: int) -> int:   # first unit concatenates: its branch gives width − cin
+        return _shuffle1_unit(cin, width - cin) + (n - 1) * _shuffle1_unit(width, width)
+
+    extractors = layer(240, 480, 8) + layer(480, 960, 4) + layer(480, 960, 4) + 4 * _shuffle1_unit(960, 960)
+    return extractors + 3 * (960 * OUT + OUT)
+
+
+def _shuffle2_down(cin: int, cout: int) -> int:
+    """models/ShuffleNetv2.py DownBlock: five convs (two depthwise), five BNs."""
+    mid = cout // 2
+    return 9 * cin + 2 * cin + cin * mid + 2 * mid + cin * mid + 2 * mid + 9 * mid + 2 * mid + mid * mid + 2 * mid
+
+
+def _shuffle2_basic(c: int) -> int:
+    h = c // 2
+    return h * h + 2 * h + 9 * h + 2 * h + h * h + 2 * h
+
+
+def reference_shufflev2_count() -> int:
+    def layer(cin: int, cout: int, n: int) -> int:
+        return _shuffle2_down(cin, cout) + n * _shuffle2_basic(cout)
+
+    tail = 464 * 1024 + 2 * 1024          # conv 1x1 to 1024 + BN, per head
+    extractors = layer(116, 232, 7) + layer(232, 464, 3) + layer(232, 464, 3) + layer(464, 464, 3)
+    return extractors + 3 * tail + 3 * (1024 * OUT + OUT)
+
+
+def _inverted_residual(cin: int, cout: int, t: int = 6) -> int:
+    hidden = cin * t
+    return cin * hidden + 2 * hidden + 9 * hidden + 2 * hidden + hidden * cout + 2 * cout
+
+
+def reference_mobilenetv2_count() -> int:
+    """models/mobilenetv2.py Auxiliary_Classifier with T 6, width 0.5 (channels already halved)."""
+    def groups(cin: int, setting: list[tuple[int, int]]) -> int:
+        total = 0
+        for cout, n in setting:
+            total += _inverted_residual(cin, cout) + (n - 1) * _inverted_residual(cout, cout)
+            cin = cout
+        return total
+
+    extractors = (groups(12, [(16, 3), (32, 4), (48, 3), (80, 3), (160, 1)])
+                  + groups(16, [(32, 4), (48, 3), (80, 3), (160, 1)])
+                  + groups(48, [(80, 3), (160, 1)]) + groups(160, [(80, 3), (160, 1)]))
+    return extractors + 4 * (160 * 1280 + 2 * 1280) + 4 * (1280 * OUT + OUT)
+
+
 REFERENCE_COUNTS = {
     "resnet20": reference_resnet_count(20, (16, 16, 32, 64)),
     "resnet56": reference_resnet_count(56, (16, 16, 32, 64)),
@@ -76,6 +131,9 @@ REFERENCE_COUNTS = {
     "wrn_16_2": reference_wrn_count(16, 2),
     "vgg13": reference_vgg_count([[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]]),   # cfg 'B'
     "vgg8": reference_vgg_count([[64], [128], [256], [512], [512]]),                         # cfg 'S'
+    "ShuffleV1": reference_shufflev1_count(),
+    "ShuffleV2": reference_shufflev2_count(),
+    "MobileNetV2": reference_mobilenetv2_count(),
 }
 
 
@@ -94,7 +152,7 @@ def test_reference_heads_match_the_reference_layers(name: str) -> None:
     assert heads.kind == "reference"
     assert sum(p.numel() for p in heads.parameters()) == REFERENCE_COUNTS[name]
     outputs = heads(model.extract(torch.randn(2, 3, 32, 32)).stages)
-    assert len(outputs) == (4 if name.startswith("vgg") else 3)
+    assert len(outputs) == (4 if name.startswith("vgg") or name == "MobileNetV2" else 3)
     assert all(o.shape == (2, OUT) for o in outputs)
     # they differ from the generic heads' layers (why the reference's counts are needed)
     assert sum(p.numel() for p in AuxiliaryHeads(shapes, C).parameters()) != REFERENCE_COUNTS[name]
@@ -104,10 +162,11 @@ def test_auto_uses_reference_heads_only_where_the_reference_defines_them() -> No
     assert set(REFERENCE_HEADS) == set(REFERENCE_COUNTS)
     assert resolve_head_kind("resnet56", "auto") == "reference"
     assert resolve_head_kind("resnet110", "auto") == "generic"      # no resnet110_aux in the reference
-    assert resolve_head_kind("ShuffleV1", "auto") == "generic"
+    assert resolve_head_kind("ShuffleV1", "auto") == "reference"
+    assert resolve_head_kind("ResNet50", "auto") == "generic"       # the reference's resnetv2 heads are not built
     assert resolve_head_kind("resnet56", "generic") == "generic"
     with pytest.raises(ValueError, match="methods.HSAKD.heads"):
-        resolve_head_kind("ShuffleV1", "reference")
+        resolve_head_kind("resnet110", "reference")
     with pytest.raises(ValueError, match="methods.HSAKD.heads"):
         resolve_head_kind("resnet56", "hand-made")
 
@@ -130,7 +189,9 @@ def test_heads_file_records_its_kind_and_a_mismatch_fails(tmp_path) -> None:
 @pytest.mark.parametrize("teacher_name, student_name, info", [
     ("resnet56", "resnet20", "student reference, teacher reference"),
     ("vgg13", "vgg8", "student reference, teacher reference"),
-    ("resnet32x4", "ShuffleV1", "student generic, teacher reference"),
+    ("resnet32x4", "ShuffleV2", "student reference, teacher reference"),
+    ("ResNet50", "MobileNetV2", "student reference, teacher generic"),
+    ("resnet110", "resnet32", "student generic, teacher generic"),
 ])
 def test_one_hsakd_step_with_reference_heads(tmp_path, teacher_name: str, student_name: str, info: str) -> None:
     torch.manual_seed(0)

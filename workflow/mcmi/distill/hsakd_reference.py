@@ -12,9 +12,13 @@ blocks; these builders make the same layers (so the same parameter counts) from 
 - VGGs with BN (``models/vgg.py``: vgg13_bn_aux, vgg8_bn_aux): four heads on f0, f1, f2 and the
   block-4 output; each head max-pools and runs the later conv blocks (ReLU after each), the last
   head re-runs block-3 and block-4 widths on the 512-channel map; pooling; linear 512 -> 4·C.
+- ShuffleV1 (``models/ShuffleNetv1.py``), ShuffleV2 (``models/ShuffleNetv2.py``) and MobileNetV2
+  (``models/mobilenetv2.py``, mobilenetV2_aux): see the builders' docstrings. The reference's
+  MobileNetV2 has a stride-1 stem where the zoo's (RepDistiller's) has stride 2: the heads' layers
+  and parameters are the same, their maps are half the size.
 
-The reference's ShuffleNet, MobileNetV2 and ResNet-50 heads are not built here: those models get
-the generic heads (``hsakd.AuxiliaryHeads``), and every run records which kind it used.
+Every other model (resnet110, resnet32, ResNet50, ...) gets the generic heads
+(``hsakd.AuxiliaryHeads``), and every run records which kind it used.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from functools import partial
 import torch
 from torch import nn
 
+from mcmi.models.mobilenetv2 import InvertedResidual
 from mcmi.models.resnet import BasicBlock
+from mcmi.models.shufflenetv1 import ShuffleUnit
+from mcmi.models.shufflenetv2 import BasicUnit, DownUnit
 from mcmi.models.vgg import _CONFIGS as VGG_CONFIGS
 from mcmi.models.vgg import _make_block as vgg_block
 from mcmi.models.wrn import WideStage
@@ -116,6 +123,69 @@ def vgg_heads(num_classes: int, config: tuple[tuple[int, ...], ...]) -> Referenc
     return ReferenceHeads(extractors, [0, 1, 2, 4], config[4][-1], num_classes)
 
 
+def shufflev1_heads(num_classes: int, widths: tuple[int, int, int] = (240, 480, 960),
+                    blocks: tuple[int, int, int] = (4, 8, 4), groups: int = 3) -> ReferenceHeads:
+    """``models/ShuffleNetv1.py`` ``Auxiliary_Classifier``: the later stages' shuffle units (a
+    stride-2 concatenating unit first) on f1, f2; on f3 ``blocks[2]`` stride-1 units at full width."""
+
+    def stage(in_planes: int, width: int, num_blocks: int) -> nn.Sequential:
+        units = [ShuffleUnit(in_planes, width - in_planes, 2, groups)]
+        return nn.Sequential(*units, *[ShuffleUnit(width, width, 1, groups) for _ in range(num_blocks - 1)])
+
+    c1, c2, c3 = widths
+    extractors = [
+        nn.Sequential(stage(c1, c2, blocks[1]), stage(c2, c3, blocks[2])),
+        stage(c2, c3, blocks[2]),
+        nn.Sequential(*[ShuffleUnit(c3, c3, 1, groups) for _ in range(blocks[2])]),
+    ]
+    return ReferenceHeads(extractors, [1, 2, 3], c3, num_classes)
+
+
+def shufflev2_heads(num_classes: int, widths: tuple[int, int, int] = (116, 232, 464),
+                    blocks: tuple[int, int, int] = (3, 7, 3), head: int = 1024) -> ReferenceHeads:
+    """``models/ShuffleNetv2.py`` ``Auxiliary_Classifier``: later stages (down unit + basic units),
+    the last head's down unit at stride 1; each head ends with 1×1 conv to ``head``, BN, ReLU."""
+
+    def stage(in_channels: int, width: int, num_blocks: int, stride: int = 2) -> list[nn.Module]:
+        return [DownUnit(in_channels, width, stride), *[BasicUnit(width) for _ in range(num_blocks)]]
+
+    def tail() -> list[nn.Module]:
+        return [nn.Conv2d(widths[2], head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU(inplace=True)]
+
+    c1, c2, c3 = widths
+    extractors = [
+        nn.Sequential(*stage(c1, c2, blocks[1]), *stage(c2, c3, blocks[2]), *tail()),
+        nn.Sequential(*stage(c2, c3, blocks[2]), *tail()),
+        nn.Sequential(*stage(c3, c3, blocks[2], stride=1), *tail()),
+    ]
+    return ReferenceHeads(extractors, [1, 2, 3], head, num_classes)
+
+
+def mobilenetv2_heads(num_classes: int, expansion: int = 6, width_mult: float = 0.5) -> ReferenceHeads:
+    """``models/mobilenetv2.py`` ``Auxiliary_Classifier`` (T 6, width 0.5): on f1..f4 (12, 16, 48,
+    160 channels) the later inverted-residual groups (the last head: (160, 3, stride 1), (320, 1, 1));
+    each head ends with 1×1 conv to 1280, BN, ReLU."""
+    settings = [  # (channels before width scaling, blocks, first stride) per head
+        [(32, 3, 2), (64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1)],
+        [(64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1)],
+        [(160, 3, 2), (320, 1, 1)],
+        [(160, 3, 1), (320, 1, 1)],
+    ]
+    inputs = [int(c * width_mult) for c in (24, 32, 96, 320)]   # 12, 16, 48, 160
+    last = int(320 * width_mult)
+    extractors = []
+    for in_channels, setting in zip(inputs, settings):
+        layers: list[nn.Module] = []
+        for channels, num_blocks, first_stride in setting:
+            out_channels = int(channels * width_mult)
+            for stride in [first_stride] + [1] * (num_blocks - 1):
+                layers.append(InvertedResidual(in_channels, out_channels, stride, expansion))
+                in_channels = out_channels
+        layers += [nn.Conv2d(last, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU(inplace=True)]
+        extractors.append(nn.Sequential(*layers))
+    return ReferenceHeads(extractors, [1, 2, 3, 4], 1280, num_classes)
+
+
 # Model name -> builder(num_classes), exactly the ``*_aux`` networks of the reference's CIFAR models.
 REFERENCE_HEADS: dict[str, Callable[[int], ReferenceHeads]] = {
     "resnet20": partial(resnet_heads, depth=20, widths=(16, 16, 32, 64)),
@@ -127,4 +197,7 @@ REFERENCE_HEADS: dict[str, Callable[[int], ReferenceHeads]] = {
     "wrn_16_2": partial(wrn_heads, depth=16, widen=2),
     "vgg13": partial(vgg_heads, config=VGG_CONFIGS["vgg13"]),
     "vgg8": partial(vgg_heads, config=VGG_CONFIGS["vgg8"]),
+    "ShuffleV1": shufflev1_heads,
+    "ShuffleV2": shufflev2_heads,
+    "MobileNetV2": mobilenetv2_heads,
 }
