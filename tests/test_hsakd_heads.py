@@ -121,6 +121,22 @@ def reference_mobilenetv2_count() -> int:
     return extractors + 4 * (160 * 1280 + 2 * 1280) + 4 * (1280 * OUT + OUT)
 
 
+def _bottleneck(cin: int, planes: int, stride: int) -> int:
+    """models/resnetv2.py Bottleneck: 1x1, 3x3, 1x1 (x4), three BNs, projection when the shape changes."""
+    cout = 4 * planes
+    shortcut = cin * cout + 2 * cout if stride != 1 or cin != cout else 0
+    return cin * planes + 2 * planes + 9 * planes * planes + 2 * planes + planes * cout + 2 * cout + shortcut
+
+
+def reference_resnet50_count() -> int:
+    def layer(cin: int, planes: int, n: int, stride: int) -> int:
+        return _bottleneck(cin, planes, stride) + (n - 1) * _bottleneck(4 * planes, planes, 1)
+
+    extractors = (layer(256, 128, 4, 2) + layer(512, 256, 6, 2) + layer(1024, 512, 3, 2)
+                  + layer(512, 256, 6, 2) + layer(1024, 512, 3, 2) + layer(1024, 512, 3, 2) + layer(2048, 512, 3, 1))
+    return extractors + 4 * (2048 * OUT + OUT)
+
+
 REFERENCE_COUNTS = {
     "resnet20": reference_resnet_count(20, (16, 16, 32, 64)),
     "resnet56": reference_resnet_count(56, (16, 16, 32, 64)),
@@ -134,6 +150,7 @@ REFERENCE_COUNTS = {
     "ShuffleV1": reference_shufflev1_count(),
     "ShuffleV2": reference_shufflev2_count(),
     "MobileNetV2": reference_mobilenetv2_count(),
+    "ResNet50": reference_resnet50_count(),
 }
 
 
@@ -152,7 +169,7 @@ def test_reference_heads_match_the_reference_layers(name: str) -> None:
     assert heads.kind == "reference"
     assert sum(p.numel() for p in heads.parameters()) == REFERENCE_COUNTS[name]
     outputs = heads(model.extract(torch.randn(2, 3, 32, 32)).stages)
-    assert len(outputs) == (4 if name.startswith("vgg") or name == "MobileNetV2" else 3)
+    assert len(outputs) == (4 if name.startswith("vgg") or name in ("MobileNetV2", "ResNet50") else 3)
     assert all(o.shape == (2, OUT) for o in outputs)
     # they differ from the generic heads' layers (why the reference's counts are needed)
     assert sum(p.numel() for p in AuxiliaryHeads(shapes, C).parameters()) != REFERENCE_COUNTS[name]
@@ -163,7 +180,8 @@ def test_auto_uses_reference_heads_only_where_the_reference_defines_them() -> No
     assert resolve_head_kind("resnet56", "auto") == "reference"
     assert resolve_head_kind("resnet110", "auto") == "generic"      # no resnet110_aux in the reference
     assert resolve_head_kind("ShuffleV1", "auto") == "reference"
-    assert resolve_head_kind("ResNet50", "auto") == "generic"       # the reference's resnetv2 heads are not built
+    assert resolve_head_kind("ResNet50", "auto") == "reference"
+    assert resolve_head_kind("resnet14", "auto") == "generic"       # the demo's teacher
     assert resolve_head_kind("resnet56", "generic") == "generic"
     with pytest.raises(ValueError, match="methods.HSAKD.heads"):
         resolve_head_kind("resnet110", "reference")
@@ -190,7 +208,7 @@ def test_heads_file_records_its_kind_and_a_mismatch_fails(tmp_path) -> None:
     ("resnet56", "resnet20", "student reference, teacher reference"),
     ("vgg13", "vgg8", "student reference, teacher reference"),
     ("resnet32x4", "ShuffleV2", "student reference, teacher reference"),
-    ("ResNet50", "MobileNetV2", "student reference, teacher generic"),
+    ("ResNet50", "MobileNetV2", "student reference, teacher reference"),
     ("resnet110", "resnet32", "student generic, teacher generic"),
 ])
 def test_one_hsakd_step_with_reference_heads(tmp_path, teacher_name: str, student_name: str, info: str) -> None:

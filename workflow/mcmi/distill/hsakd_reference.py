@@ -12,12 +12,13 @@ blocks; these builders make the same layers (so the same parameter counts) from 
 - VGGs with BN (``models/vgg.py``: vgg13_bn_aux, vgg8_bn_aux): four heads on f0, f1, f2 and the
   block-4 output; each head max-pools and runs the later conv blocks (ReLU after each), the last
   head re-runs block-3 and block-4 widths on the 512-channel map; pooling; linear 512 -> 4·C.
-- ShuffleV1 (``models/ShuffleNetv1.py``), ShuffleV2 (``models/ShuffleNetv2.py``) and MobileNetV2
-  (``models/mobilenetv2.py``, mobilenetV2_aux): see the builders' docstrings. The reference's
+- ShuffleV1 (``models/ShuffleNetv1.py``), ShuffleV2 (``models/ShuffleNetv2.py``), MobileNetV2
+  (``models/mobilenetv2.py``, mobilenetV2_aux) and ResNet50 (``models/resnetv2.py``, ResNet50_aux):
+  see the builders' docstrings. The reference's
   MobileNetV2 has a stride-1 stem where the zoo's (RepDistiller's) has stride 2: the heads' layers
   and parameters are the same, their maps are half the size.
 
-Every other model (resnet110, resnet32, ResNet50, ...) gets the generic heads
+Every other model (resnet110, resnet32, resnet14, ImageNet models, ...) gets the generic heads
 (``hsakd.AuxiliaryHeads``), and every run records which kind it used.
 """
 
@@ -31,6 +32,7 @@ from torch import nn
 
 from mcmi.models.mobilenetv2 import InvertedResidual
 from mcmi.models.resnet import BasicBlock
+from mcmi.models.resnet_bottleneck import Bottleneck
 from mcmi.models.shufflenetv1 import ShuffleUnit
 from mcmi.models.shufflenetv2 import BasicUnit, DownUnit
 from mcmi.models.vgg import _CONFIGS as VGG_CONFIGS
@@ -186,6 +188,23 @@ def mobilenetv2_heads(num_classes: int, expansion: int = 6, width_mult: float = 
     return ReferenceHeads(extractors, [1, 2, 3, 4], 1280, num_classes)
 
 
+def resnet50_heads(num_classes: int, blocks: tuple[int, int, int, int] = (3, 4, 6, 3)) -> ReferenceHeads:
+    """``models/resnetv2.py`` ``Auxiliary_Classifier`` (ResNet50_aux): on f1..f4 the later stages of
+    bottleneck blocks (stride 2 first), the last head a stride-1 stage of width 512·4; linear 2048 -> 4·C."""
+
+    def layer(in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+        units = [Bottleneck(in_planes, planes, stride)]
+        return nn.Sequential(*units, *[Bottleneck(4 * planes, planes, 1) for _ in range(num_blocks - 1)])
+
+    extractors = [
+        nn.Sequential(layer(256, 128, blocks[1], 2), layer(512, 256, blocks[2], 2), layer(1024, 512, blocks[3], 2)),
+        nn.Sequential(layer(512, 256, blocks[2], 2), layer(1024, 512, blocks[3], 2)),
+        layer(1024, 512, blocks[3], 2),
+        layer(2048, 512, blocks[3], 1),
+    ]
+    return ReferenceHeads(extractors, [1, 2, 3, 4], 2048, num_classes)
+
+
 # Model name -> builder(num_classes), exactly the ``*_aux`` networks of the reference's CIFAR models.
 REFERENCE_HEADS: dict[str, Callable[[int], ReferenceHeads]] = {
     "resnet20": partial(resnet_heads, depth=20, widths=(16, 16, 32, 64)),
@@ -200,4 +219,5 @@ REFERENCE_HEADS: dict[str, Callable[[int], ReferenceHeads]] = {
     "ShuffleV1": shufflev1_heads,
     "ShuffleV2": shufflev2_heads,
     "MobileNetV2": mobilenetv2_heads,
+    "ResNet50": resnet50_heads,
 }
