@@ -228,3 +228,22 @@ def test_one_hsakd_step_with_reference_heads(tmp_path, teacher_name: str, studen
     out.loss.backward()
     assert all(p.grad is not None for p in method.student_heads.parameters())
     assert all(p.grad is None for p in method.teacher_heads.parameters())
+
+
+def test_more_student_heads_than_teacher_heads_pairs_the_deepest(tmp_path) -> None:
+    torch.manual_seed(0)
+    teacher, student = create_model("resnet56", C), create_model("vgg8", C)     # 3 reference heads vs 4
+    shapes_t, shapes_s = probe_shapes(teacher, (3, 32, 32)), probe_shapes(student, (3, 32, 32))
+    path = tmp_path / "heads.pt"
+    save_teacher_heads(HSAKDTeacherHeads(shapes_t, C, "resnet56").heads, path)
+    ctx = PairContext(student=shapes_s, teacher=shapes_t, num_classes=C, num_train=16, train_labels=torch.arange(16),
+                      epochs=1, input_shape=(3, 32, 32), student_name="vgg8", teacher_name="resnet56",
+                      extra={"hsakd_teacher_heads": str(path)})
+    method = build_method("HSAKD", ctx)
+    out = Distillation(method, teacher).step(student, Batch(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]),
+                                                            torch.tensor([0, 1])), 1)
+    out.loss.backward()
+    heads = method.student_heads
+    assert all(p.grad is None for p in heads.extractors[0].parameters())   # the shallowest has no partner
+    for extractor in heads.extractors[1:]:
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in extractor.parameters())

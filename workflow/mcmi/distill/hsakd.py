@@ -240,7 +240,8 @@ class HSAKD(DistillMethod):
             t = teacher.extract(x)
             t_heads = self.teacher_heads(t.stages)
         s_heads = self.student_heads(s.stages)
-        t_heads = t_heads[len(t_heads) - len(s_heads):]
+        paired = min(len(s_heads), len(t_heads))  # the deepest heads of each model are paired
+        s_heads, t_heads = s_heads[len(s_heads) - paired:], t_heads[len(t_heads) - paired:]
         temperature = float(self.hparams["T"])
 
         def kl(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
