@@ -26,8 +26,8 @@ CPU = torch.device("cpu")
 
 
 def small_hparams(name: str) -> dict:
-    """Keep CRD's negatives small for a 16-sample 'training set'."""
-    return {"nce_k": 8} if name.startswith("CRD") else {}
+    """Keep the memory-bank negatives (CRD, MIMKD's global term) small for a 16-sample 'training set'."""
+    return {"nce_k": 8} if name.startswith("CRD") or name == "MIMKD" else {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,7 +96,7 @@ def test_short_student_run_with_each_method_beats_the_untrained_student(demo_pai
     ctx = PairContext(student=probe_shapes(student, train.input_shape), teacher=probe_shapes(teacher, train.input_shape),
                       num_classes=10, num_train=len(train), train_labels=train.labels, epochs=2,
                       input_shape=train.input_shape, extra={"hsakd_teacher_heads": heads_path})
-    hparams = {"nce_k": 256} if name.startswith("CRD") else {}
+    hparams = {"nce_k": 256} if name.startswith("CRD") or name == "MIMKD" else {}
     if name in ("DKD", "ReviewKD"):
         hparams[{"DKD": "warmup", "ReviewKD": "warmup_epochs"}[name]] = 1
     method = build_method(name, ctx, hparams)

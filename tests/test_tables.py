@@ -245,3 +245,40 @@ def test_missing_key_names_file_and_key(tmp_path: Path) -> None:
     no_run.write_text(json.dumps({"final": {}}))
     with pytest.raises(ValueError, match="'run'"):
         build_table(1, [str(no_run)], PAPER_DIR)
+
+
+def test_table1x_matches_each_methods_own_published_numbers(tmp_path: Path) -> None:
+    runs = [student(tmp_path, "itrd_mll", 71.0, method="ITRD", variant="MLL"),
+            student(tmp_path, "itrd_mcmi", 71.5, method="ITRD", variant="MCMI"),
+            student(tmp_path, "mimkd_mll", 70.0, method="MIMKD", variant="MLL"),
+            student(tmp_path, "itrd_digits", 40.0, method="ITRD", variant="MLL", dataset="digits")]
+    df = build_table("1x", runs, PAPER_DIR)
+    itrd = cell(df, block="student", teacher="resnet56", student="resnet20", method="ITRD", variant="MLL")
+    assert itrd["paper"] == pytest.approx(71.47) and itrd["status"] == OK   # roymiles/ITRD README
+    assert itrd["section"] == "same_arch"
+    gain = cell(df, teacher="resnet56", student="resnet20", method="ITRD", variant=GAIN)
+    assert gain["ours_mean"] == pytest.approx(0.5) and math.isnan(gain["paper"])
+    assert cell(df, teacher="resnet56", student="resnet20", method="MIMKD", variant="MLL")["status"] == NO_PAPER
+    assert cell(df, block="teacher", teacher="resnet56", variant="MLL", metric="teacher_acc")["paper"] == 72.34
+    digits = cell(df, teacher="resnet56 [digits]", student="resnet20 [digits]", method="ITRD", variant="MLL")
+    assert digits["status"] == NO_PAPER
+    assert "note" not in df   # no run reports method_info
+    make_table("1x", runs, PAPER_DIR, str(tmp_path / "table1x"))
+    md = (tmp_path / "table1x.md").read_text()
+    assert md.startswith("# Table 1x (beyond the paper)") and "| ITRD | 71.00 (1) | 71.47 | -0.47 |" in md
+
+
+def test_hsakd_rows_say_which_heads_were_used(tmp_path: Path) -> None:
+    info = {"method_info": {"heads": "student reference, teacher reference"}}
+    paths = [write_metrics(tmp_path, f"hsakd_{v}", {"stage": "student", "dataset": "cifar100", "teacher": "resnet56",
+                                                    "student": "resnet20", "method": "HSAKD", "variant": v, "seed": 0},
+                           {"test_acc": acc, **info}) for v, acc in (("MLL", 71.0), ("MCMI", 72.0))]
+    paths.append(student(tmp_path, "kd", 70.0))
+    df = build_table(1, paths, PAPER_DIR)
+    assert cell(df, method="HSAKD", variant="MLL", teacher="resnet56")["note"] == "heads: student reference, teacher reference"
+    assert cell(df, method="KD", variant="MCMI", teacher="resnet56")["note"] == ""
+    make_table(1, paths, PAPER_DIR, str(tmp_path / "table1"))
+    md = (tmp_path / "table1.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| HSAKD"))
+    assert row.startswith("| HSAKD [heads: student reference, teacher reference] | 71.00 (1) |")
+    assert "+1.00 (1)" in row   # the MCMI − MLL gain stays in the same row

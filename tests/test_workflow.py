@@ -66,7 +66,27 @@ def test_paper_config_plans_the_paper_grid(tmp_path):
     result = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["synthetic"] == 4 * 2 and counts["table"] == 7 and counts["figure"] == 3   # 4 Δμ x 2 presets
+    assert counts["synthetic"] == 4 * 2 and counts["table"] == 8 and counts["figure"] == 3   # Tables 1-7, 1x
+
+
+def test_paper_config_plans_table1x_beside_table1(tmp_path):
+    from snakemake.utils import validate
+
+    from mcmi.workflow_config import WorkflowConfig
+
+    result = snakemake("-n", "table1x", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    groups = student_jobs(counts)
+    assert len(groups) == 12 * 2 * 5 + 6 * 4               # (pair, variant, seed) groups + the lambda* students
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    sizes = {group.name: len(group.cells) for group in WorkflowConfig(config, REPO).student_groups()}
+    table1x_students = 12 * 2 * 2 * 5                    # Table 1 pairs x {MIMKD, ITRD} x {MLL, MCMI} x seeds
+    selection_students = 6 * 4 * 1                       # the lambda* selection the MCMI teachers need
+    assert sum(sizes[name] for name in groups) == table1x_students + selection_students == 264
+    assert counts["student_vanilla"] == 8 * 5 and counts["measure"] == 6 * 2
+    assert "hsakd_heads" not in counts
 
 
 def test_lint_passes():

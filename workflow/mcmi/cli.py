@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func in (("table", _cmd_table), ("figure", _cmd_figure)):
         p = sub.add_parser(name, help=f"aggregate metrics files into a {name}")
-        p.add_argument("number", type=int)
+        p.add_argument("number", type=str if name == "table" else int,
+                       help="table id (1..7, 1x)" if name == "table" else "figure number")
         p.add_argument("--out", required=True, help="output prefix (extensions are added)")
         if name == "table":
             p.add_argument("--paper-dir", default="config/paper")

@@ -298,6 +298,8 @@ def _finish_student(spec: dict[str, Any], member: Member, test: Any, train_size:
                     device: torch.device) -> dict[str, Any]:
     final = _final_from_history(member.history)
     final["method_hparams"] = member.objective.method.hparams
+    if member.objective.method.method_info():
+        final["method_info"] = member.objective.method.method_info()
     final["train_size"] = train_size
     if spec.get("zero_shot"):
         final["confusion"] = confusion_matrix(member.model, test, device)
@@ -361,9 +363,10 @@ def train_hsakd_heads(spec: dict[str, Any]) -> dict[str, Any]:
     teacher = _load_model(spec["model"], train.num_classes, spec["checkpoint"])
     for p in teacher.parameters():
         p.requires_grad_(False)
-    objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes)
+    heads_kind = spec.get("hparams", {}).get("heads", "auto")
+    objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes, spec["model"], heads_kind)
     history = fit(teacher, objective, train, test, recipe, seed=int(spec["seed"]), device=device,
                   **_resume(spec), label=f"hsakd heads {spec['model']}")
     save_teacher_heads(objective.heads, spec["out_model"])
-    return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"],
-                                         "train_loss": history[-1]["train_loss"]}, history, device)
+    return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"], "train_loss": history[-1]["train_loss"],
+                                         "heads": objective.heads.kind}, history, device)

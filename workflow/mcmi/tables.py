@@ -28,7 +28,8 @@ GAIN = "MCMI − MLL"
 VALUE_COLUMNS = ["paper", "ours_mean", "ours_std", "ours_n", "diff", "status"]
 
 # The dataset of each table's published numbers (Table 5 is synthetic; Table 6 keys on the dataset).
-PAPER_DATASET = {1: "cifar100", 2: "imagenet", 3: "cifar100", 4: "imagenet", 7: "cifar100"}
+PAPER_DATASET = {"1": "cifar100", "2": "imagenet", "3": "cifar100", "4": "imagenet", "7": "cifar100",
+                 "1x": "cifar100"}
 # Tables 3 and 7 are printed for one pair only; their CSVs do not name it (paper, Sec. 6.3 / A.8.3).
 SINGLE_PAIR = ("resnet56", "resnet20")
 DATASET_LABELS = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "imagenet": "ImageNet"}
@@ -39,8 +40,9 @@ METRIC_LABELS = {
     "acc": "Acc (%)", "pdist": "Pdist", "pdist_mean": "Pdist per sample (ours only)",
 }
 PAPER_SOURCES = {
-    1: "table1.csv, table1_teachers.csv, table1_students.csv", 2: "table2.csv", 3: "table3.csv",
-    4: "table4.csv", 5: "table5.csv", 6: "table6.csv (+ ImageNet λ* from setup.yaml)", 7: "table7.csv",
+    "1": "table1.csv, table1_teachers.csv, table1_students.csv", "2": "table2.csv", "3": "table3.csv",
+    "4": "table4.csv", "5": "table5.csv", "6": "table6.csv (+ ImageNet λ* from setup.yaml)", "7": "table7.csv",
+    "1x": "table1x.csv (each method's own paper/README, see SOURCE.md), table1_teachers.csv, table1_students.csv",
 }
 TARGET_LABELS = {"GroundTruth": "P* (ground truth)", "MCMI_KD": "MCMI teacher", "MLL_KD": "MLL teacher",
                  "OneHot": "one-hot"}
@@ -161,7 +163,7 @@ def _with_gain(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.concat([df, pd.DataFrame(rows, columns=df.columns)], ignore_index=True) if rows else df
 
 
-def _finish(n: int, df: pd.DataFrame) -> pd.DataFrame:
+def _finish(n: str, df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     df.insert(0, "table", n)
     return df.reset_index(drop=True)
@@ -210,8 +212,8 @@ def _teacher_student_table(paper: pd.DataFrame, records: list[MetricsRecord],
     return _with_gain(df, ["block", "teacher", "student", "method", "metric"])
 
 
-def _paper_table1(paper_dir: str) -> pd.DataFrame:
-    students = _read_paper(paper_dir, "table1.csv").rename(columns={"teacher_variant": "variant"})
+def _paper_table1(paper_dir: str, students_csv: str = "table1.csv") -> pd.DataFrame:
+    students = _read_paper(paper_dir, students_csv).rename(columns={"teacher_variant": "variant"})
     students = students.assign(block="student", metric="student_acc", paper=_as_float(students["student_acc"]))
     teachers = _read_paper(paper_dir, "table1_teachers.csv").rename(
         columns={"teacher_variant": "variant", "test_acc": "teacher_acc", "train_ll": "teacher_ll",
@@ -225,16 +227,42 @@ def _paper_table1(paper_dir: str) -> pd.DataFrame:
                      ignore_index=True)
 
 
-def _build_table1(records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
+def _method_notes(records: list[MetricsRecord]) -> dict[tuple[str, str, str], str]:
+    """'key: value' notes per (teacher, student, method) from the students' ``final.method_info``
+    (e.g. HSAKD's 'heads: reference'); several distinct values of one cell are joined with ' / '."""
+    notes: dict[tuple[str, str, str], list[str]] = {}
+    for rec in of_stage(records, "student"):
+        info = rec.final.get("method_info") or {}
+        if not info:
+            continue
+        text = ", ".join(f"{k}: {v}" for k, v in sorted(info.items()))
+        key = (str(rec.run.get("teacher")), str(rec.run.get("student")), str(rec.run.get("method")))
+        if text not in notes.setdefault(key, []):
+            notes[key].append(text)
+    return {key: " / ".join(texts) for key, texts in notes.items()}
+
+
+def _build_table1(records: list[MetricsRecord], paper_dir: str, students_csv: str = "table1.csv") -> pd.DataFrame:
     spec = _TeacherStudentSpec({"test_acc": "student_acc"},
                                {"test_acc": "teacher_acc", "train_ll": "teacher_ll", "train_cmi": "teacher_cmi"},
                                with_baseline=True)
-    df = _teacher_student_table(_paper_table1(paper_dir), records, spec)
+    df = _teacher_student_table(_paper_table1(paper_dir, students_csv), records, spec)
     sections = _read_paper(paper_dir, "table1.csv").drop_duplicates(["teacher", "student"])
     section_of = {(t, s): sec for t, s, sec in sections[["teacher", "student", "table_section"]].itertuples(False)}
     df["section"] = [section_of.get((t, s), "ours only") if block == "student" else ""
                      for t, s, block in zip(df["teacher"], df["student"], df["block"])]
+    notes = _method_notes(records)
+    if notes:  # only runs that report method_info (HSAKD's heads) add the column
+        df["note"] = [notes.get((t, s, m), "") if block == "student" else ""
+                      for t, s, m, block in zip(df["teacher"], df["student"], df["method"], df["block"])]
     return df
+
+
+def _build_table1x(records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
+    """Table 1 laid out again for methods beyond the paper (MIMKD, ITRD): the teacher rows and the
+    student baseline are the paper's (same teachers), the method rows' published numbers are the
+    MLL-teacher numbers of each method's own paper/README (``table1x.csv``)."""
+    return _build_table1(records, paper_dir, students_csv="table1x.csv")
 
 
 def _paper_table2(paper_dir: str) -> pd.DataFrame:
@@ -447,14 +475,17 @@ def _build_table7(records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
     return _combine(paper[[*TABLE7_KEYS, "paper"]], _aggregate(observations, TABLE7_KEYS), TABLE7_KEYS)
 
 
-BUILDERS: dict[int, Callable[[list[MetricsRecord], str], pd.DataFrame]] = {
-    1: _build_table1, 2: _build_table2, 3: _build_table3, 4: _build_table4,
-    5: _build_table5, 6: _build_table6, 7: _build_table7,
+BUILDERS: dict[str, Callable[[list[MetricsRecord], str], pd.DataFrame]] = {
+    "1": _build_table1, "2": _build_table2, "3": _build_table3, "4": _build_table4,
+    "5": _build_table5, "6": _build_table6, "7": _build_table7, "1x": _build_table1x,
 }
 
 
-def build_table(n: int, metrics_paths: list[str], paper_dir: str) -> pd.DataFrame:
-    """Tidy Table ``n`` (1..7): one row per cell with paper value, ours mean/std/n, diff and status."""
+def build_table(n: int | str, metrics_paths: list[str], paper_dir: str) -> pd.DataFrame:
+    """Tidy Table ``n`` (1..7, or "1x"): one row per cell with paper value, ours mean/std/n, diff and status.
+
+    ``n`` is a table id; integers are read as their text (1 -> "1")."""
+    n = str(n)
     if n not in BUILDERS:
         raise ValueError(f"no table {n}; known tables: {sorted(BUILDERS)}")
     records = load_metrics(metrics_paths)
@@ -516,8 +547,10 @@ def _layout_teacher_student(df: pd.DataFrame, sections: bool) -> _Layout:
         method_rank = {m: i for i, m in enumerate(dict.fromkeys(kd["method"]))}
         kd = kd.sort_values("method", key=lambda m: m.map(method_rank), kind="stable")
         multi_metric = kd["metric"].nunique() > 1
-        parts.append(kd.assign(_row=[f"{m} {METRIC_LABELS[x]}" if multi_metric else m
-                                     for m, x in zip(kd["method"], kd["metric"])]))
+        labels = [f"{m} {METRIC_LABELS[x]}" if multi_metric else m for m, x in zip(kd["method"], kd["metric"])]
+        if "note" in kd:
+            labels = [f"{label} [{note}]" if note else label for label, note in zip(labels, kd["note"])]
+        parts.append(kd.assign(_row=labels))
         parts[-3:] = [p.assign(_section=title) for p in parts[-3:]]
     frame = pd.concat(parts, ignore_index=True)
     frame["_col"] = frame["variant"]
@@ -526,6 +559,10 @@ def _layout_teacher_student(df: pd.DataFrame, sections: bool) -> _Layout:
 
 
 def _layout_table1(df: pd.DataFrame) -> _Layout:
+    return _layout_teacher_student(df, sections=True)
+
+
+def _layout_table1x(df: pd.DataFrame) -> _Layout:
     return _layout_teacher_student(df, sections=True)
 
 
@@ -589,9 +626,9 @@ def _layout_table7(df: pd.DataFrame) -> _Layout:
     return _Layout(frame, "λ", cols)
 
 
-LAYOUTS: dict[int, Callable[[pd.DataFrame], _Layout]] = {
-    1: _layout_table1, 2: _layout_table2, 3: _layout_table3, 4: _layout_table4,
-    5: _layout_table5, 6: _layout_table6, 7: _layout_table7,
+LAYOUTS: dict[str, Callable[[pd.DataFrame], _Layout]] = {
+    "1": _layout_table1, "2": _layout_table2, "3": _layout_table3, "4": _layout_table4,
+    "5": _layout_table5, "6": _layout_table6, "7": _layout_table7, "1x": _layout_table1x,
 }
 
 
@@ -638,7 +675,7 @@ def _section_grid(block: pd.DataFrame, col_order: list[str]) -> tuple[list[str],
 
 
 def _markdown(df: pd.DataFrame, layout: _Layout, title: str, caption: str) -> str:
-    n = int(df["table"].iloc[0])
+    n = str(df["table"].iloc[0])
     lines = [
         f"# {title}", "", caption, "",
         f"- **ours** = mean ± sample std (ddof = 1) over our runs of the cell, with the number of runs in "
@@ -693,7 +730,7 @@ def _latex(layout: _Layout, title: str, caption: str) -> str:
 
 def write_table(df: pd.DataFrame, out_prefix: str, title: str, caption: str) -> None:
     """Write ``{prefix}.csv`` (tidy), ``{prefix}.md`` (wide, readable) and ``{prefix}.tex`` (booktabs)."""
-    layout = LAYOUTS[int(df["table"].iloc[0])](df)
+    layout = LAYOUTS[str(df["table"].iloc[0])](df)
     prefix = Path(out_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(f"{prefix}.csv", index=False)
@@ -702,19 +739,21 @@ def write_table(df: pd.DataFrame, out_prefix: str, title: str, caption: str) -> 
 
 
 TITLES = {
-    1: ("Table 1", "CIFAR-100 student top-1 accuracy (%) with MLL vs MCMI teachers; teacher accuracy, LL, CMI."),
-    2: ("Table 2", "ImageNet student top-1/top-5 accuracy (%) with MLL vs MCMI teachers."),
-    3: ("Table 3", "Few-shot students: top-1 accuracy (%) when the student sees α% of each class."),
-    4: ("Table 4", "MLL vs early-stopped (ES) vs MCMI teachers and their KD students."),
-    5: ("Table 5", "Synthetic Gaussian task: student accuracy (%) and Pdist per target, mean ± std over seeds."),
-    6: ("Table 6", "Selected λ* for MCMI fine-tuning per teacher."),
-    7: ("Table 7", "Effect of λ: KD student accuracy (%) and teacher CMI/LL per λ."),
+    "1": ("Table 1", "CIFAR-100 student top-1 accuracy (%) with MLL vs MCMI teachers; teacher accuracy, LL, CMI."),
+    "2": ("Table 2", "ImageNet student top-1/top-5 accuracy (%) with MLL vs MCMI teachers."),
+    "3": ("Table 3", "Few-shot students: top-1 accuracy (%) when the student sees α% of each class."),
+    "4": ("Table 4", "MLL vs early-stopped (ES) vs MCMI teachers and their KD students."),
+    "5": ("Table 5", "Synthetic Gaussian task: student accuracy (%) and Pdist per target, mean ± std over seeds."),
+    "6": ("Table 6", "Selected λ* for MCMI fine-tuning per teacher."),
+    "7": ("Table 7", "Effect of λ: KD student accuracy (%) and teacher CMI/LL per λ."),
+    "1x": ("Table 1x (beyond the paper)", "CIFAR-100 student top-1 accuracy (%) of MIMKD and ITRD with MLL vs MCMI "
+           "teachers; paper = the MLL-teacher number of each method's own paper/README."),
 }
 
 
-def make_table(n: int, metrics_paths: list[str], paper_dir: str, out_prefix: str) -> pd.DataFrame:
+def make_table(n: int | str, metrics_paths: list[str], paper_dir: str, out_prefix: str) -> pd.DataFrame:
     """Build Table ``n`` and write its csv/md/tex files; returns the tidy frame."""
     df = build_table(n, metrics_paths, paper_dir)
-    title, caption = TITLES[n]
+    title, caption = TITLES[str(n)]
     write_table(df, out_prefix, title, caption)
     return df

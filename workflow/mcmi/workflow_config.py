@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("MLL", "MCMI")
+# Table ids in target order: the paper's Tables 1-7, then tables beyond the paper ("1x": Table 1's
+# layout for MIMKD and ITRD).
+TABLE_IDS = ("1", "2", "3", "4", "5", "6", "7", "1x")
 
 
 # a student's metrics file: {results}/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/
@@ -415,8 +418,8 @@ class WorkflowConfig:
     def _target_inputs(self) -> list[list[str]]:
         found = []
         for target in self.targets():
-            kind, number = re.fullmatch(r"(table|figure)(\d+)", target).groups()
-            found.append(self.table_inputs(int(number)) if kind == "table" else self.figure_inputs(int(number)))
+            kind, number = re.fullmatch(r"(table|figure)(\w+)", target).groups()
+            found.append(self.table_inputs(number) if kind == "table" else self.figure_inputs(int(number)))
         return found
 
     @staticmethod
@@ -530,7 +533,10 @@ class WorkflowConfig:
     def _seeds(self, exp: dict[str, Any]) -> list[int]:
         return exp.get("seeds", self.config["seeds"])
 
-    def table_inputs(self, n: int) -> list[str]:
+    def table_inputs(self, n: int | str) -> list[str]:
+        """The metrics files of table ``n`` (an id of ``TABLE_IDS``; 1 and "1" are the same)."""
+        if str(n) not in TABLE_IDS:
+            raise ConfigError(f"no table {n!r}; known: {list(TABLE_IDS)}")
         return getattr(self, f"_table{n}_inputs")()
 
     def _students_and_teachers(self, exp: dict[str, Any], variants: tuple[str, ...] = VARIANTS) -> list[str]:
@@ -545,6 +551,14 @@ class WorkflowConfig:
 
     def _table1_inputs(self) -> list[str]:
         exp = self._exp("table1")
+        students = sorted({split_pair(p)[1] for p in exp["pairs"]})
+        vanilla = [self.vanilla(exp["dataset"], st, s) for st in students for s in self._seeds(exp)]
+        return _unique(self._students_and_teachers(exp) + vanilla)
+
+    def _table1x_inputs(self) -> list[str]:
+        """As Table 1 (teachers measured, students with MLL and MCMI teachers, teacher-free baselines)
+        for ``experiments.table1x``."""
+        exp = self._exp("table1x")
         students = sorted({split_pair(p)[1] for p in exp["pairs"]})
         vanilla = [self.vanilla(exp["dataset"], st, s) for st in students for s in self._seeds(exp)]
         return _unique(self._students_and_teachers(exp) + vanilla)
@@ -602,9 +616,9 @@ class WorkflowConfig:
         raise ConfigError(f"no figure {n}")
 
     def targets(self) -> dict[str, list[str]]:
-        """Each named target (table1..7, figure1/2/4) that the config defines, with its outputs."""
+        """Each named target (table1..7, table1x, figure1/2/4) that the config defines, with its outputs."""
         out = {}
-        for n in range(1, 8):
+        for n in TABLE_IDS:
             if f"table{n}" in self.config["experiments"]:
                 out[f"table{n}"] = [f"{self.results}/tables/table{n}.{ext}" for ext in ("md", "tex", "csv")]
         for n in (1, 2, 4):

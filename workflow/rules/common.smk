@@ -37,7 +37,7 @@ wildcard_constraints:
     epochs="[0-9]+",
     dmu="[0-9.]+",
     preset="[a-z_]+",
-    n="[0-9]+",
+    n="[0-9]+x?",          # table ids: 1..7 and 1x (beyond the paper)
 
 
 def spec_json(spec):

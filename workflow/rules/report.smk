@@ -1,10 +1,11 @@
 # Stage: aggregation. Tables 1-7 and Figures 1, 2 (and 4, zero-shot confusion matrices) from the
-# metrics files, each beside the paper's published numbers. Named targets: table1 ... figure4.
+# metrics files, each beside the paper's published numbers; table1x (beyond the paper: MIMKD and
+# ITRD) beside their own papers' numbers. Named targets: table1 ... table7, table1x, figure1 ... figure4.
 
 
 rule table:
     input:
-        lambda wc: W.table_inputs(int(wc.n)),
+        lambda wc: W.table_inputs(wc.n),
     output:
         md=report(res("tables/table{n}.md"), category="Tables"),
         tex=res("tables/table{n}.tex"),

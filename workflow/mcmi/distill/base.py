@@ -75,6 +75,11 @@ class DistillMethod(nn.Module):
         """The method's own weighted loss terms (without the cross-entropy)."""
         raise NotImplementedError
 
+    def method_info(self) -> dict[str, Any]:
+        """Facts about how the method was built for this pair that are not hyperparameters (e.g.
+        HSAKD's kind of heads); written to a student's metrics as ``final.method_info`` when non-empty."""
+        return {}
+
     def step(self, student: ZooModel, teacher: ZooModel, batch: Batch, epoch: int) -> StepOutput:
         s = student.extract(batch.x)
         with torch.no_grad():

@@ -19,6 +19,7 @@ from mcmi.objectives import Objective, StepOutput
 
 NUM_ROTATIONS = 4
 TEACHER_HEADS_KEY = "hsakd_teacher_heads"
+HEAD_KINDS = ("auto", "reference", "generic")
 
 
 def rotate_batch(x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +50,11 @@ class AuxiliaryHeads(nn.Module):
     stride max(1, round(H_{j-1} / H_j)) (2 where the map halves), so it ends at the final stage's
     channels and size; the head on the final stage gets one stride-1 block of the final channels
     (as the reference's last extractor). Then global average pooling and a linear layer to 4·C.
-    The reference uses the backbone's residual blocks (n per stage) instead of single conv blocks.
+    The reference uses the backbone's residual blocks (n per stage) instead of single conv blocks;
+    ``hsakd_reference`` builds those for the architectures it defines.
     """
+
+    kind = "generic"
 
     def __init__(self, shapes: FeatureShapes, num_classes: int, num_heads: int | None = None) -> None:
         super().__init__()
@@ -79,33 +83,82 @@ class AuxiliaryHeads(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
     def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
         """``stages`` is the model's full ``Features.stages`` (stem first); one (N, 4·C) per head."""
         maps = stages[1:][self.first_stage:]
         return [head(f) for head, f in zip(self.heads, maps)]
 
 
-def save_teacher_heads(heads: AuxiliaryHeads, path: str | Path) -> None:
-    """Write the heads' state dict to ``path`` atomically (temporary file + rename)."""
+def resolve_head_kind(model_name: str, kind: str) -> str:
+    """'reference' or 'generic' for ``model_name`` under the ``methods.HSAKD.heads`` setting:
+    auto = the reference's heads where it defines them (``REFERENCE_HEADS``), else generic."""
+    from mcmi.distill.hsakd_reference import REFERENCE_HEADS
+
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"methods.HSAKD.heads: must be one of {HEAD_KINDS}, got {kind!r}")
+    if kind == "reference" and model_name not in REFERENCE_HEADS:
+        raise ValueError(f"methods.HSAKD.heads: 'reference' but the reference defines no heads for "
+                         f"{model_name!r}; it defines {sorted(REFERENCE_HEADS)} (use 'auto' or 'generic')")
+    if kind == "auto":
+        return "reference" if model_name in REFERENCE_HEADS else "generic"
+    return kind
+
+
+def build_heads(model_name: str, shapes: FeatureShapes, num_classes: int, kind: str = "auto",
+                num_heads: int | None = None) -> nn.Module:
+    """The auxiliary heads of one model: the reference's (``hsakd_reference``) or ``AuxiliaryHeads``
+    (``num_heads`` deepest stages; generic only). The module's ``kind`` says which."""
+    from mcmi.distill.hsakd_reference import REFERENCE_HEADS
+
+    if resolve_head_kind(model_name, kind) == "reference":
+        return REFERENCE_HEADS[model_name](num_classes)
+    return AuxiliaryHeads(shapes, num_classes, num_heads)
+
+
+def save_teacher_heads(heads: nn.Module, path: str | Path) -> None:
+    """Write {'kind': heads.kind, 'state_dict': ...} to ``path`` atomically (temporary file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save({k: v.detach().cpu() for k, v in heads.state_dict().items()}, tmp)
+        state = {k: v.detach().cpu() for k, v in heads.state_dict().items()}
+        torch.save({"kind": heads.kind, "state_dict": state}, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def load_teacher_heads(path: str | Path, shapes: FeatureShapes, num_classes: int) -> AuxiliaryHeads:
-    """Build the teacher's heads from its shapes and load the state dict saved at ``path``."""
+def load_teacher_heads(path: str | Path, shapes: FeatureShapes, num_classes: int, model_name: str = "",
+                       kind: str = "auto") -> nn.Module:
+    """Build the teacher's heads (``build_heads``) and load the state saved at ``path``.
+
+    The file must hold the kind these settings resolve to; a mismatch (e.g. generic heads trained
+    before reference heads existed for the model) fails naming both. Files written before kinds were
+    recorded hold a bare state dict and are read as generic heads.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"HSAKD teacher heads file not found: {path}")
-    heads = AuxiliaryHeads(shapes, num_classes)
-    heads.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(saved, dict) and "state_dict" in saved and "kind" in saved:
+        saved_kind, state = saved["kind"], saved["state_dict"]
+    else:
+        saved_kind, state = "generic", saved
+    expected = resolve_head_kind(model_name, kind)
+    if saved_kind != expected:
+        raise ValueError(
+            f"HSAKD teacher heads file {path} holds {saved_kind!r} heads, but {expected!r} heads are expected "
+            f"for teacher {model_name or '(unnamed)'} with methods.HSAKD.heads={kind!r}; "
+            "retrain the heads (rule hsakd_heads) or set methods.HSAKD.heads to the file's kind"
+        )
+    heads = build_heads(model_name, shapes, num_classes, kind)
+    heads.load_state_dict(state)
     return heads
 
 
@@ -117,9 +170,9 @@ class HSAKDTeacherHeads(Objective):
     features detached). The logits returned are the backbone's on the unrotated samples.
     """
 
-    def __init__(self, shapes: FeatureShapes, num_classes: int) -> None:
+    def __init__(self, shapes: FeatureShapes, num_classes: int, model_name: str = "", heads: str = "auto") -> None:
         super().__init__()
-        self.heads = AuxiliaryHeads(shapes, num_classes)
+        self.heads = build_heads(model_name, shapes, num_classes, heads)
 
     def step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         model.eval()
@@ -130,7 +183,7 @@ class HSAKDTeacherHeads(Objective):
         return StepOutput({"ce_heads": loss}, features.logits[0::NUM_ROTATIONS])
 
     def describe(self) -> dict:
-        return {"objective": "HSAKD teacher heads", "num_heads": len(self.heads.heads)}
+        return {"objective": "HSAKD teacher heads", "heads": self.heads.kind, "num_heads": self.heads.num_heads}
 
 
 @register
@@ -145,13 +198,16 @@ class HSAKD(DistillMethod):
     from the student's heads into its backbone (the reference's ``grad=True``).
 
     Reference: winycg/HSAKD ``train_student_cifar.py`` (``DistillKL``: batch-mean KL times T²,
-    kd_T 3, all weights 1) and ``models/*`` (heads on every stage after the stem). Heads are
-    ``AuxiliaryHeads``; when the two models have different numbers of stages, the deepest stages
-    are paired. The teacher heads' file is ``ctx.extra["hsakd_teacher_heads"]``.
+    kd_T 3, all weights 1) and ``models/*`` (heads on every stage after the stem). ``heads``:
+    ``auto`` (default) builds the reference's own heads for the architectures it defines
+    (``hsakd_reference.REFERENCE_HEADS``) and the generic ``AuxiliaryHeads`` otherwise;
+    ``reference``/``generic`` force one kind. When the two models have different numbers of heads,
+    the deepest are paired. The teacher heads' file is ``ctx.extra["hsakd_teacher_heads"]`` and
+    must hold the kind the teacher resolves to. The kinds used are reported by ``method_info``.
     """
 
     name: ClassVar[str] = "HSAKD"
-    defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0, "weight": 1.0, "T": 3.0}
+    defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0, "weight": 1.0, "T": 3.0, "heads": "auto"}
     positive: ClassVar[tuple[str, ...]] = ("T",)
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
@@ -162,11 +218,16 @@ class HSAKD(DistillMethod):
                 f"HSAKD needs the teacher's auxiliary heads: set PairContext.extra[{TEACHER_HEADS_KEY!r}] "
                 "to the file written by save_teacher_heads after training HSAKDTeacherHeads"
             )
-        self.teacher_heads = load_teacher_heads(path, ctx.teacher, ctx.num_classes)
+        kind = self.hparams["heads"]
+        self.teacher_heads = load_teacher_heads(path, ctx.teacher, ctx.num_classes, ctx.teacher_name, kind)
         self.teacher_heads.requires_grad_(False)
         self.teacher_heads.eval()
         num_heads = min(len(ctx.student.stages), len(ctx.teacher.stages)) - 1
-        self.student_heads = AuxiliaryHeads(ctx.student, ctx.num_classes, num_heads)
+        self.student_heads = build_heads(ctx.student_name, ctx.student, ctx.num_classes, kind, num_heads)
+
+    def method_info(self) -> dict[str, Any]:
+        """Which heads were used: 'reference' (winycg/HSAKD's own) or 'generic', per model."""
+        return {"heads": f"student {self.student_heads.kind}, teacher {self.teacher_heads.kind}"}
 
     def train(self, mode: bool = True) -> "HSAKD":
         super().train(mode)
@@ -180,7 +241,8 @@ class HSAKD(DistillMethod):
             t = teacher.extract(x)
             t_heads = self.teacher_heads(t.stages)
         s_heads = self.student_heads(s.stages)
-        t_heads = t_heads[len(t_heads) - len(s_heads):]
+        paired = min(len(s_heads), len(t_heads))  # the deepest heads of each model are paired
+        s_heads, t_heads = s_heads[len(s_heads) - paired:], t_heads[len(t_heads) - paired:]
         temperature = float(self.hparams["T"])
 
         def kl(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:

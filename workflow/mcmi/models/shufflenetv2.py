@@ -53,20 +53,21 @@ class BasicUnit(PreactBlock):
 
 
 class DownUnit(nn.Module):
-    """Two stride-2 branches over the full input, each giving half the output channels; shuffle."""
+    """Two stride-2 branches over the full input, each giving half the output channels; shuffle.
+    (``stride`` 1 only for HSAKD's reference auxiliary heads, which reuse this unit at full size.)"""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
         super().__init__()
         half = out_channels // 2
         # left branch: depthwise 3x3 (stride 2), 1x1
-        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, 2, 1, groups=in_channels, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv2 = nn.Conv2d(in_channels, half, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(half)
         # right branch: 1x1, depthwise 3x3 (stride 2), 1x1
         self.conv3 = nn.Conv2d(in_channels, half, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(half)
-        self.conv4 = nn.Conv2d(half, half, 3, 2, 1, groups=half, bias=False)
+        self.conv4 = nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False)
         self.bn4 = nn.BatchNorm2d(half)
         self.conv5 = nn.Conv2d(half, half, 1, bias=False)
         self.bn5 = nn.BatchNorm2d(half)
