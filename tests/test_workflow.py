@@ -57,7 +57,8 @@ def test_paper_config_plans_the_paper_grid(tmp_path):
     validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
     sizes = {group.name: len(group.cells) for group in WorkflowConfig(config, REPO).student_groups()}
     table1_students = 12 * 11 * 2 * 5                    # Table 1: pairs x methods x {MLL, MCMI} x seeds
-    assert sum(sizes[name] for name in groups) == table1_students + 6 * 4 == 1344
+    table1x_students = 12 * 2 * 2 * 5                    # planned with them: same pair, variant and seed
+    assert sum(sizes[name] for name in groups) == table1_students + 6 * 4 + table1x_students == 1584
     assert counts["student_vanilla"] == 8 * 5             # the "Student Accuracy" row: 8 students x 5 seeds
     assert counts["hsakd_heads"] == 12                    # 6 teachers x {MLL, MCMI}
     assert counts["teacher"] == 6 and counts["mcmi_selected"] == 6
@@ -84,9 +85,10 @@ def test_paper_config_plans_table1x_beside_table1(tmp_path):
     sizes = {group.name: len(group.cells) for group in WorkflowConfig(config, REPO).student_groups()}
     table1x_students = 12 * 2 * 2 * 5                    # Table 1 pairs x {MIMKD, ITRD} x {MLL, MCMI} x seeds
     selection_students = 6 * 4 * 1                       # the lambda* selection the MCMI teachers need
-    assert sum(sizes[name] for name in groups) == table1x_students + selection_students == 264
+    table1_students = 12 * 11 * 2 * 5                    # Table 1's share the same jobs (the config has both)
+    assert sum(sizes[name] for name in groups) == table1x_students + selection_students + table1_students == 1584
     assert counts["student_vanilla"] == 8 * 5 and counts["measure"] == 6 * 2
-    assert "hsakd_heads" not in counts
+    assert counts["hsakd_heads"] == 12                    # Table 1's HSAKD students share those jobs
 
 
 def test_lint_passes():
