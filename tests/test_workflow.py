@@ -219,7 +219,7 @@ def test_edits_rerun_exactly_the_jobs_whose_spec_changed(tmp_path):
 def test_killed_training_job_resumes_through_snakemake(tmp_path, edit_before_rerun):
     def longer(config):
         config["recipes"]["tiny"]["epochs"] = 12
-        config["datasets"]["digits"]["max_train"] = 1000
+        config["datasets"]["digits"]["max_train"] = 600
 
     config = _config(tmp_path, longer)
     target = str(tmp_path / "results/digits/teachers/resnet14/MLL/model.pt")

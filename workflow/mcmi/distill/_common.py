@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def tempered_kl(log_p_student: torch.Tensor, p_teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -27,3 +28,13 @@ def pool_to_smaller(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor,
     if f_s.shape[2] > f_t.shape[2]:
         return F.adaptive_avg_pool2d(f_s, t_size), f_t
     return f_s, F.adaptive_avg_pool2d(f_t, s_size)
+
+
+def init_heads(heads: nn.Module) -> None:
+    """HSAKD's initialisation of auxiliary heads (generic and reference alike): Kaiming-normal
+    (fan-out, ReLU) convolutions and zero classifier biases."""
+    for module in heads.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcmi.data.batch import Batch
-from mcmi.distill._common import tempered_kl
+from mcmi.distill._common import init_heads, tempered_kl
 from mcmi.distill.base import DistillMethod, PairContext, register
 from mcmi.models.base import FeatureShapes, ZooModel
 from mcmi.objectives import Objective, StepOutput
@@ -77,11 +77,7 @@ class AuxiliaryHeads(nn.Module):
             classifier = nn.Linear(final_channels, NUM_ROTATIONS * num_classes)
             blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier]
             self.heads.append(nn.Sequential(*blocks))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_heads(self)
 
     @property
     def num_heads(self) -> int:

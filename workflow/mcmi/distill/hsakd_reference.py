@@ -30,6 +30,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from mcmi.distill._common import init_heads
 from mcmi.models.mobilenetv2 import InvertedResidual
 from mcmi.models.resnet import BasicBlock
 from mcmi.models.resnet_bottleneck import Bottleneck
@@ -53,11 +54,7 @@ class ReferenceHeads(nn.Module):
         self.extractors = nn.ModuleList(extractors)
         self.stage_ids = list(stage_ids)
         self.classifiers = nn.ModuleList(nn.Linear(width, HSAKD_NUM_ROTATIONS * num_classes) for _ in extractors)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_heads(self)
 
     @property
     def num_heads(self) -> int:
