@@ -84,6 +84,7 @@ class WorkflowConfig:
         self.threads = int(config.get("threads", 1))
         paper = Path(config["paper_dir"])
         self.paper_dir = str(paper if paper.is_absolute() or paper.exists() else self.repo / paper)
+        self._groups: list[StudentGroup] | None = None    # planned once, on first use
         self.check()
 
     # ------------------------------------------------------------------ validation
@@ -431,7 +432,7 @@ class WorkflowConfig:
         """The student jobs: cells that share (dataset, teacher checkpoint, setting, seed, batch size) --
         and the student model too when ``student_groups.by`` is 'pair' -- in chunks of at most
         ``student_groups.max_students``; 'none' makes every student a job of its own."""
-        if hasattr(self, "_groups"):
+        if self._groups is not None:
             return self._groups
         options = self.config.get("student_groups", {})
         by, limit = options.get("by", "pair"), int(options.get("max_students", 0)) or None
