@@ -396,13 +396,6 @@ class WorkflowConfig:
             inputs["checkpoint"] = self.pretrained(ds, teacher)
         return inputs
 
-    def student_inputs(self, wc: Any) -> dict[str, str]:
-        inputs = {"ready": self.data_ready(wc.dataset),
-                  "teacher": self.teacher_model(wc.dataset, wc.teacher, wc.variant)}
-        if wc.method == "HSAKD":
-            inputs["heads"] = self.hsakd_heads(wc.dataset, wc.teacher, wc.variant)
-        return inputs
-
     # ------------------------------------------------------------------ grouped student jobs
     def student_cells(self) -> list[StudentCell]:
         """Every distilled student some target needs: the tables' and figures' inputs, and the
@@ -479,7 +472,7 @@ class WorkflowConfig:
         first, n = group.cells[0], len(group.cells)
         imagenet = self.mem_mb(first.ds) > 8000
         epochs = max(self.recipe(c.ds, "student", c.student)["epochs"] for c in group.cells)
-        per_student = int(max(10, 2 * (40 if first.ds == "imagenet" else 1.0) * epochs))
+        per_student = self._wall_minutes(first.ds, epochs)
         return {"mem_mb": self.mem_mb(first.ds) + (4000 if imagenet else 1000) * (n - 1),
                 "runtime": per_student * n, "gpu": self.gpus_per_job}
 
@@ -634,11 +627,15 @@ class WorkflowConfig:
     def runtime_minutes(self, kind: str, wc: Any) -> int:
         """A generous wall-time estimate for cluster schedulers, in minutes."""
         ds = wc.dataset
-        per_epoch = {"imagenet": 40}.get(ds, 1.0)
         epochs = {"mcmi": self.config["mcmi"]["epochs"].get(ds, 20), "measure": 1}.get(
             kind, self.config["recipes"][self.config["recipe_of"][ds]["student" if kind == "student" else "teacher"]]
             ["epochs"])
-        return int(max(10, 2 * per_epoch * epochs))
+        return self._wall_minutes(ds, epochs)
+
+    @staticmethod
+    def _wall_minutes(ds: str, epochs: int) -> int:
+        """Twice a generous per-epoch time (ImageNet 40 min, otherwise 1 min), at least 10 minutes."""
+        return int(max(10, 2 * {"imagenet": 40}.get(ds, 1.0) * epochs))
 
 
 def _unique(paths: list[str]) -> list[str]:
