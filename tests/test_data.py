@@ -123,10 +123,10 @@ def test_zero_shot_removes_classes_and_student_set_uses_spec():
                               (0.5,) * 3, (0.25,) * 3)
     idx = without_classes_indices(data.labels, [1, 3])
     assert not set(data.labels[idx].tolist()) & {1, 3} and len(idx) == 32
-    sub = student_train_set(data, {"zero_shot": {"removed_classes": [1, 3]}})
+    sub = student_train_set(data, removed_classes=[1, 3])
     assert len(sub) == 32
-    few = student_train_set(data, {"few_shot": {"alpha_percent": 50, "seed": 0}})
+    few = student_train_set(data, alpha_percent=50, subset_seed=0)
     assert len(few) == 20
-    assert student_train_set(data, {}) is data
+    assert student_train_set(data) is data
     with pytest.raises(ValueError, match="out of range"):
         without_classes_indices(data.labels, [12])

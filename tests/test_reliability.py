@@ -200,7 +200,7 @@ def _validated(edit) -> None:
     """The workflow's own two checks: the JSON schema (with its defaults) and WorkflowConfig."""
     from snakemake.utils import validate
 
-    from mcmi.workflow_config import WorkflowConfig
+    from mcmi.pipeline import WorkflowConfig
 
     config = yaml.safe_load((REPO / "config/test.yaml").read_text())
     edit(config)
@@ -277,11 +277,11 @@ def test_atomic_writes_remove_stale_temporaries_and_use_normal_permissions(tmp_p
 def test_stage_start_removes_leftover_temporaries(tmp_path, capsys):
     out = tmp_path / "t"
     out.mkdir()
-    (out / ".model.pt.x1.tmp").write_bytes(b"half a checkpoint")
+    (out / ".ready.json.x1.tmp").write_bytes(b"half a metrics file")
     run_stage({"stage": "prepare_data", "dataset": {"kind": "digits", "image_size": 8, "max_train": 20,
                                                     "max_test": 10},
-               "seed": 0, "out_metrics": str(out / "ready.json"), "out_model": str(out / "model.pt")})
-    assert not (out / ".model.pt.x1.tmp").exists()
+               "seed": 0, "out_metrics": str(out / "ready.json")})
+    assert not (out / ".ready.json.x1.tmp").exists()
     assert "left by an interrupted write" in capsys.readouterr().out
 
 

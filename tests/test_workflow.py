@@ -44,7 +44,7 @@ def student_jobs(counts: dict[str, int]) -> dict[str, int]:
 def test_paper_config_plans_the_paper_grid(tmp_path):
     from snakemake.utils import validate
 
-    from mcmi.workflow_config import WorkflowConfig
+    from mcmi.pipeline import WorkflowConfig
 
     result = snakemake("-n", "table1", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,7 +73,7 @@ def test_paper_config_plans_the_paper_grid(tmp_path):
 def test_paper_config_plans_table1x_beside_table1(tmp_path):
     from snakemake.utils import validate
 
-    from mcmi.workflow_config import WorkflowConfig
+    from mcmi.pipeline import WorkflowConfig
 
     result = snakemake("-n", "table1x", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

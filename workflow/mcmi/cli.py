@@ -1,5 +1,8 @@
 """Command line: what the workflow's rules call.
 
+    mcmi teacher --model M --out DIR ...          train a teacher by cross-entropy (one command, no Snakemake)
+    mcmi mcmi --model M --teacher-checkpoint P --lam L --out DIR ...   MCMI fine-tuning of a teacher
+    mcmi student --teacher T --teacher-checkpoint P --student S --method KD --out DIR ...   distil a student
     mcmi stage --spec SPEC            run one stage (teacher, import, mcmi, measure, student, ...)
     mcmi select-lambda ...            pick lambda* from students' metrics
     mcmi adopt-teacher ...            make the lambda* grid teacher the MCMI teacher
@@ -44,6 +47,16 @@ def _cmd_stage(args: argparse.Namespace) -> None:
     run_stage(spec)
 
 
+def _cmd_hand_run(args: argparse.Namespace) -> None:
+    from mcmi.stages import run_stage
+
+    spec = args.build(args)
+    print(f"job spec: {spec.to_json()}", flush=True)
+    if args.print_spec:
+        return
+    run_stage(spec)
+
+
 def _cmd_select_lambda(args: argparse.Namespace) -> None:
     from mcmi.selection import select_lambda
 
@@ -53,7 +66,7 @@ def _cmd_select_lambda(args: argparse.Namespace) -> None:
 def _cmd_adopt_teacher(args: argparse.Namespace) -> None:
     from mcmi.selection import adopt_teacher
 
-    adopt_teacher(args.template, args.out_model, args.out_metrics, selection=args.selection, lam=args.lam)
+    adopt_teacher(args.models, args.metrics, args.out_model, args.out_metrics, selection=args.selection, lam=args.lam)
 
 
 def _cmd_table(args: argparse.Namespace) -> None:
@@ -80,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_hand_runs(sub)
+
     p = sub.add_parser("stage", help="run one pipeline stage from a job spec")
     p.add_argument("--spec", required=True, help="JSON object, or @file.json / @file.yaml")
     p.add_argument("--stage", dest="stage_name", help="override the spec's 'stage'")
@@ -93,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_select_lambda)
 
     p = sub.add_parser("adopt-teacher", help="make the lambda* grid teacher the MCMI teacher")
-    p.add_argument("--template", required=True, help="grid teacher folder with '{lam}' in it")
+    p.add_argument("--models", nargs="+", required=True, help="the grid teachers' model.pt files")
+    p.add_argument("--metrics", nargs="+", required=True, help="their metrics.json files, in the same order")
     choice = p.add_mutually_exclusive_group(required=True)
     choice.add_argument("--selection", help="lambda_star.json written by select-lambda")
     choice.add_argument("--lam", type=float, help="a fixed lambda* (the paper's)")
@@ -118,6 +134,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output prefix (.csv and .md are written)")
     p.set_defaults(func=_cmd_paper_check)
     return parser
+
+
+def _add_hand_runs(sub: Any) -> None:
+    """``mcmi teacher``, ``mcmi mcmi`` and ``mcmi student``: the workflow's jobs by hand."""
+    from mcmi.pipeline import handrun
+
+    p = sub.add_parser("teacher", help="train a teacher by cross-entropy (MLL), as the workflow's teacher job")
+    p.add_argument("--model", required=True, help="model name of the zoo, e.g. resnet56")
+    p.add_argument("--early-stop", type=int, metavar="EPOCH", help="stop after this epoch (Table 4's ES teacher)")
+    handrun.add_common(p)
+    p.set_defaults(func=_cmd_hand_run, build=handrun.teacher_spec)
+
+    p = sub.add_parser("mcmi", help="fine-tune a trained teacher by MCMI (LL + lambda * CMI)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--teacher-checkpoint", required=True, help="the MLL teacher's model.pt (RepDistiller layout)")
+    p.add_argument("--lam", type=float, required=True, help="lambda, e.g. 0.15")
+    handrun.add_common(p)
+    p.set_defaults(func=_cmd_hand_run, build=handrun.mcmi_spec)
+
+    p = sub.add_parser("student", help="distil a student from a frozen teacher with one KD method",
+                       epilog=handrun.methods_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--student", required=True, help="model name of the zoo, e.g. resnet20")
+    p.add_argument("--method", required=True, help="a method listed below (vanilla: no teacher)")
+    p.add_argument("--teacher", help="teacher model name (every method but vanilla)")
+    p.add_argument("--teacher-checkpoint", help="the teacher's model.pt (RepDistiller layout)")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method hyperparameter, repeatable: --hp T=4 --hp alpha=0.9")
+    p.add_argument("--few-shot", type=float, metavar="ALPHA", help="train on ALPHA %% of each class (Table 3)")
+    p.add_argument("--hsakd-heads", help="HSAKD: the teacher's auxiliary heads (mcmi stage hsakd_heads output)")
+    handrun.add_common(p)
+    p.set_defaults(func=_cmd_hand_run, build=handrun.student_spec)
+    for name in ("teacher", "mcmi", "student"):
+        sub.choices[name].add_argument("--print-spec", action="store_true",
+                                       help="print the job spec and stop (the JSON `mcmi stage --spec` takes)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

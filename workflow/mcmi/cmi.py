@@ -11,7 +11,7 @@ CE(x, y) - lambda * KL(P_x || Q_y) per batch.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -72,3 +72,19 @@ def mcmi_loss(
     q = centroids.to(log_p.dtype).detach()[labels]
     kl = (log_p.exp() * (log_p - torch.log(q.clamp_min(_EPS)))).sum(dim=1).mean()
     return {"ce": F.cross_entropy(logits, labels), "cmi": -lam * kl}
+
+
+@torch.no_grad()
+def compute_centroids(model: torch.nn.Module, train: Any, batch_size: int, device: torch.device,
+                      mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Q_y of ``model`` on the training set. ``mode`` 'eval': eval mode, no augmentation (the paper's
+    reading); 'train_augmented': train mode with augmentation, as the authors' code (BatchNorm running
+    statistics are updated as a side effect there)."""
+    if mode not in ("eval", "train_augmented"):
+        raise ValueError(f"mcmi centroid_pass must be 'eval' or 'train_augmented', got {mode!r}")
+    augmented = mode == "train_augmented"
+    model.train(augmented)
+    batches = train.batches(batch_size, shuffle=augmented, augment=augmented,
+                            generator=generator if augmented else None, device=device)
+    probs, labels = collect_probs(model, batches)
+    return class_centroids(probs, labels, train.num_classes)

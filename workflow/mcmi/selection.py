@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from statistics import mean
 from typing import Sequence
 
 from mcmi.provenance import copy_file_atomic, now, read_json_strict, versions, write_json_atomic
-from mcmi.workflow_config import lam_str
 
 
 def select_lambda(metrics_paths: Sequence[str], out_path: str, *, teacher: str, dataset: str) -> dict:
@@ -37,19 +37,25 @@ def select_lambda(metrics_paths: Sequence[str], out_path: str, *, teacher: str, 
     return result
 
 
-def adopt_teacher(template: str, out_model: str, out_metrics: str, *, selection: str | None = None,
-                  lam: float | None = None) -> float:
+def adopt_teacher(models: Sequence[str], metrics: Sequence[str], out_model: str, out_metrics: str, *,
+                  selection: str | None = None, lam: float | None = None) -> float:
     """Copy the grid teacher at lambda* (from ``selection`` or the given ``lam``) to the MCMI teacher's
-    paths; its metrics say which lambda was adopted and why."""
+    paths. ``models`` and ``metrics`` are the grid teachers' files in the same order (the rule's
+    inputs); the one whose metrics record lambda* is adopted, and the copy says which and why."""
     if selection is not None:
         lam = float(read_json_strict(selection)["final"]["lambda_star"])
     if lam is None:
         raise ValueError("adopt-teacher needs a selection file or a lambda")
-    source = template.replace("{lam}", lam_str(lam))
-    metrics = read_json_strict(f"{source}/metrics.json")
-    metrics["run"].update(variant="MCMI", lam=lam)
-    metrics["adopted"] = {"from": source, "lambda_star": lam, "by": "selection" if selection else "paper value",
-                          "selection_file": selection}
-    copy_file_atomic(f"{source}/model.pt", out_model)
-    write_json_atomic(out_metrics, metrics)
+    if len(models) != len(metrics):
+        raise ValueError(f"adopt-teacher got {len(models)} models but {len(metrics)} metrics files")
+    grid = {float(read_json_strict(path)["run"]["lam"]): (model, path) for model, path in zip(models, metrics)}
+    if lam not in grid:
+        raise ValueError(f"no grid teacher with lambda {lam} among {sorted(grid)}")
+    model, metrics_path = grid[lam]
+    adopted = read_json_strict(metrics_path)
+    adopted["run"].update(variant="MCMI", lam=lam)
+    adopted["adopted"] = {"from": str(Path(metrics_path).parent), "lambda_star": lam,
+                          "by": "selection" if selection else "paper value", "selection_file": selection}
+    copy_file_atomic(model, out_model)
+    write_json_atomic(out_metrics, adopted)
     return lam

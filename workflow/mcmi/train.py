@@ -112,6 +112,18 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
+def confusion_matrix(model: nn.Module, data: Any, device: torch.device) -> list[list[int]]:
+    """Counts of (true class, predicted class) of ``model`` on ``data`` in eval mode."""
+    model.eval()
+    c = data.num_classes
+    counts = torch.zeros(c * c, dtype=torch.int64)
+    for batch in data.batches(256, device=device):
+        pred = model(batch.x).argmax(dim=1).cpu()
+        counts += torch.bincount(batch.y.cpu() * c + pred, minlength=c * c)
+    return counts.view(c, c).tolist()
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (%) of ``model`` on ``data`` in eval mode, no augmentation."""
     model.eval()

@@ -2,13 +2,12 @@
 import os
 from pathlib import Path
 
-from snakemake.utils import validate
+from mcmi.pipeline import WorkflowConfig  # noqa: E402
+from mcmi.pipeline.naming import TRAINED_TEACHER_VARIANT, WILDCARDS  # noqa: E402
 
-validate(config, schema="../schemas/config.schema.yaml")
-
-from mcmi.workflow_config import WorkflowConfig  # noqa: E402  (after validation on purpose)
-
+# The schema check, its defaults and the checks beyond it: mcmi.pipeline.config (one place for rules and code).
 W = WorkflowConfig(config, repo=Path(workflow.basedir))
+P = W.paths.pattern     # P("student_metrics") -> the path template with its {wildcards}
 
 
 def mcmi(arguments):
@@ -18,34 +17,14 @@ def mcmi(arguments):
     return f"PYTHONPATH={src}${{{{PYTHONPATH:+:$PYTHONPATH}}}} python -m mcmi {arguments}"
 
 
-def res(path):
-    """A path under the configured results folder."""
-    return os.path.join(W.results, path)
-
-
 wildcard_constraints:
-    dataset="[a-z0-9_]+",
-    teacher="[A-Za-z0-9_]+",
-    student="[A-Za-z0-9_]+",
-    model="[A-Za-z0-9_]+",
-    method="[A-Za-z+]+",
-    variant="MLL|MCMI|MCMI_lam[0-9.]+|ES[0-9]+",
-    setting="full|fs[0-9.]+|T[0-9.]+|zs",
-    seed="[0-9]+",
-    lam="[0-9.]+",
-    temp="[0-9.]+",
-    epochs="[0-9]+",
-    dmu="[0-9.]+",
-    preset="[a-z_]+",
-    n="[0-9]+x?",          # table ids: 1..7 and 1x (beyond the paper)
+    **WILDCARDS,
 
 
 def spec_json(spec):
-    """A job spec as canonical JSON (sorted keys): the same config gives the same text whatever its
-    key order, and Snakemake's params trigger reruns exactly the jobs whose spec changed."""
-    from mcmi.provenance import canonical_json
-
-    return canonical_json(spec)
+    """A typed job spec as canonical JSON (sorted keys): the same config gives the same text whatever
+    its key order, and Snakemake's params trigger reruns exactly the jobs whose spec changed."""
+    return spec.to_json()
 
 
 def stage_command(spec_param="spec"):
@@ -57,6 +36,6 @@ def train_resources(kind):
     """threads/mem/runtime/gpu for a training job of this kind (teacher, mcmi, student, measure)."""
     return dict(
         mem_mb=lambda wc: W.mem_mb(wc.dataset),
-        runtime=lambda wc: W.runtime_minutes(kind, wc),
+        runtime=lambda wc: W.runtime_minutes(kind, wc.dataset),
         gpu=lambda wc: W.gpus_per_job,
     )

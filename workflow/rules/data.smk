@@ -4,11 +4,11 @@
 
 rule prepare_data:
     output:
-        res("data/{dataset}.json"),
+        P("data_ready"),
     params:
         spec=lambda wc: spec_json(W.data_spec(wc.dataset)),
     log:
-        res("logs/data/{dataset}.log"),
+        P("log_data"),
     conda:
         "../../envs/mcmi.yaml"
     shell:

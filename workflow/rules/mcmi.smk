@@ -5,15 +5,15 @@
 
 rule mcmi_finetune:
     input:
-        ready=res("data/{dataset}.json"),
-        mll=res("{dataset}/teachers/{teacher}/MLL/model.pt"),
+        ready=P("data_ready"),
+        mll=P("teacher_model", variant="MLL"),
     output:
-        model=res("{dataset}/teachers/{teacher}/MCMI_lam{lam}/model.pt"),
-        metrics=res("{dataset}/teachers/{teacher}/MCMI_lam{lam}/metrics.json"),
+        model=P("teacher_model", variant="MCMI_lam{lam}"),
+        metrics=P("teacher_metrics", variant="MCMI_lam{lam}"),
     params:
         spec=lambda wc: spec_json(W.mcmi_spec(wc.dataset, wc.teacher, wc.lam)),
     log:
-        res("logs/{dataset}/teachers/{teacher}/MCMI_lam{lam}.log"),
+        P("log_teacher", variant="MCMI_lam{lam}"),
     threads: W.threads
     resources:
         **train_resources("mcmi"),
@@ -27,9 +27,9 @@ rule select_lambda:
     input:
         lambda wc: W.selection_inputs(wc.dataset, wc.teacher),
     output:
-        res("{dataset}/teachers/{teacher}/lambda_star.json"),
+        P("lambda_star"),
     log:
-        res("logs/{dataset}/teachers/{teacher}/lambda_star.log"),
+        P("log_lambda_star"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
@@ -43,16 +43,16 @@ rule mcmi_selected:
     input:
         unpack(lambda wc: W.selected_teacher_inputs(wc.dataset, wc.teacher)),
     output:
-        model=res("{dataset}/teachers/{teacher}/MCMI/model.pt"),
-        metrics=res("{dataset}/teachers/{teacher}/MCMI/metrics.json"),
+        model=P("teacher_model", variant="MCMI"),
+        metrics=P("teacher_metrics", variant="MCMI"),
     params:
         choice=lambda wc: W.selected_teacher_choice(wc.dataset, wc.teacher),
     log:
-        res("logs/{dataset}/teachers/{teacher}/MCMI.log"),
+        P("log_teacher", variant="MCMI"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
         mcmi(
-            "adopt-teacher {params.choice} --out-model {output.model} "
-            "--out-metrics {output.metrics} > {log} 2>&1"
+            "adopt-teacher --models {input.models} --metrics {input.metrics} {params.choice} "
+            "--out-model {output.model} --out-metrics {output.metrics} > {log} 2>&1"
         )

@@ -7,14 +7,14 @@ rule table:
     input:
         lambda wc: W.table_inputs(wc.n),
     output:
-        md=report(res("tables/table{n}.md"), category="Tables"),
-        tex=res("tables/table{n}.tex"),
-        csv=res("tables/table{n}.csv"),
+        md=report(P("table", ext="md"), category="Tables"),
+        tex=P("table", ext="tex"),
+        csv=P("table", ext="csv"),
     params:
         paper=W.paper_dir,
-        prefix=lambda wc: res(f"tables/table{wc.n}"),
+        prefix=lambda wc, output: os.path.splitext(output.md)[0],
     log:
-        res("logs/tables/table{n}.log"),
+        P("log_table"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
@@ -27,12 +27,12 @@ rule figure:
     input:
         lambda wc: W.figure_inputs(int(wc.n)),
     output:
-        pdf=res("figures/figure{n}.pdf"),
-        png=report(res("figures/figure{n}.png"), category="Figures"),
+        pdf=P("figure", ext="pdf"),
+        png=report(P("figure", ext="png"), category="Figures"),
     params:
-        prefix=lambda wc: res(f"figures/figure{wc.n}"),
+        prefix=lambda wc, output: os.path.splitext(output.pdf)[0],
     log:
-        res("logs/figures/figure{n}.log"),
+        P("log_figure"),
     conda:
         "../../envs/mcmi.yaml"
     shell:

@@ -17,7 +17,7 @@ for _group in W.student_groups():
         params:
             spec=spec_json(W.group_spec(_group)),
         log:
-            res(f"logs/student_groups/{_group.name}.log"),
+            P("log_student_group", group=_group.name),
         threads: W.threads
         resources:
             **W.group_resources(_group),
@@ -29,14 +29,14 @@ for _group in W.student_groups():
 
 rule student_vanilla:
     input:
-        ready=res("data/{dataset}.json"),
+        ready=P("data_ready"),
     output:
-        metrics=res("{dataset}/students/vanilla/{student}/seed{seed}/metrics.json"),
-        model=res("{dataset}/students/vanilla/{student}/seed{seed}/model.pt"),
+        metrics=P("vanilla_metrics"),
+        model=P("vanilla_model"),
     params:
         spec=lambda wc: spec_json(W.vanilla_spec(wc.dataset, wc.student, wc.seed)),
     log:
-        res("logs/{dataset}/students/vanilla/{student}/seed{seed}.log"),
+        P("log_vanilla"),
     threads: W.threads
     resources:
         **train_resources("student"),

@@ -5,11 +5,11 @@
 
 rule synthetic:
     output:
-        res("synthetic/{preset}/dmu{dmu}.json"),
+        P("synthetic"),
     params:
         spec=lambda wc: spec_json(W.synthetic_spec(wc.preset, wc.dmu)),
     log:
-        res("logs/synthetic/{preset}/dmu{dmu}.log"),
+        P("log_synthetic"),
     threads: W.synthetic_threads
     resources:
         mem_mb=4000,

@@ -7,14 +7,14 @@ rule teacher:
     input:
         unpack(lambda wc: W.teacher_inputs(wc.dataset, wc.teacher, wc.variant)),
     output:
-        model=res("{dataset}/teachers/{teacher}/{variant}/model.pt"),
-        metrics=res("{dataset}/teachers/{teacher}/{variant}/metrics.json"),
+        model=P("teacher_model"),
+        metrics=P("teacher_metrics"),
     wildcard_constraints:
-        variant="MLL|ES[0-9]+",
+        variant=TRAINED_TEACHER_VARIANT,
     params:
         spec=lambda wc: spec_json(W.teacher_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
-        res("logs/{dataset}/teachers/{teacher}/{variant}.log"),
+        P("log_teacher"),
     threads: W.threads
     resources:
         **train_resources("teacher"),
@@ -26,15 +26,15 @@ rule teacher:
 
 rule hsakd_heads:
     input:
-        ready=res("data/{dataset}.json"),
-        model=res("{dataset}/teachers/{teacher}/{variant}/model.pt"),
+        ready=P("data_ready"),
+        model=P("teacher_model"),
     output:
-        heads=res("{dataset}/teachers/{teacher}/{variant}/hsakd_heads.pt"),
-        metrics=res("{dataset}/teachers/{teacher}/{variant}/hsakd_heads.json"),
+        heads=P("hsakd_heads"),
+        metrics=P("hsakd_heads_metrics"),
     params:
         spec=lambda wc: spec_json(W.hsakd_heads_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
-        res("logs/{dataset}/teachers/{teacher}/{variant}-hsakd_heads.log"),
+        P("log_hsakd_heads"),
     threads: W.threads
     resources:
         **train_resources("hsakd_heads"),
@@ -46,14 +46,14 @@ rule hsakd_heads:
 
 rule measure:
     input:
-        ready=res("data/{dataset}.json"),
-        model=res("{dataset}/teachers/{teacher}/{variant}/model.pt"),
+        ready=P("data_ready"),
+        model=P("teacher_model"),
     output:
-        res("{dataset}/measure/{teacher}/{variant}/T{temp}.json"),
+        P("measure"),
     params:
         spec=lambda wc: spec_json(W.measure_spec(wc.dataset, wc.teacher, wc.variant, wc.temp)),
     log:
-        res("logs/{dataset}/measure/{teacher}/{variant}/T{temp}.log"),
+        P("log_measure"),
     threads: W.threads
     resources:
         **train_resources("measure"),

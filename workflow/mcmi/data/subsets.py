@@ -32,13 +32,14 @@ def without_classes_indices(labels: torch.Tensor, removed: Sequence[int]) -> tor
     return kept
 
 
-def student_train_set(train: Any, spec: dict[str, Any]) -> Any:
-    """Apply the spec's ``few_shot`` ({alpha_percent, seed}) or ``zero_shot`` ({removed_classes})."""
-    if spec.get("few_shot"):
-        fs = spec["few_shot"]
-        return train.subset(few_shot_indices(train.labels, fs["alpha_percent"], fs.get("seed", 0)),
-                            name=f"{train.name}[{fs['alpha_percent']}%]")
-    if spec.get("zero_shot"):
-        removed = spec["zero_shot"]["removed_classes"]
-        return train.subset(without_classes_indices(train.labels, removed), name=f"{train.name}[-{removed}]")
+def student_train_set(train: Any, *, alpha_percent: float | None = None, subset_seed: int = 0,
+                      removed_classes: Sequence[int] | None = None) -> Any:
+    """The student's training set: ``alpha_percent`` % of each class drawn with ``subset_seed``
+    (few-shot), or every class but ``removed_classes`` (zero-shot), or all of ``train``."""
+    if alpha_percent is not None:
+        return train.subset(few_shot_indices(train.labels, alpha_percent, subset_seed),
+                            name=f"{train.name}[{alpha_percent}%]")
+    if removed_classes is not None:
+        return train.subset(without_classes_indices(train.labels, removed_classes),
+                            name=f"{train.name}[-{list(removed_classes)}]")
     return train

@@ -26,7 +26,7 @@ class PairContext:
     """What a method may know about the pair and the training set when it is built."""
 
     student: FeatureShapes
-    teacher: FeatureShapes
+    teacher: FeatureShapes | None     # None only for a method that needs no teacher
     num_classes: int
     num_train: int                     # size of the training set (CRD's memory banks)
     train_labels: torch.Tensor         # (num_train,) int64, indexed by dataset index (CRD negatives)
@@ -43,6 +43,7 @@ class DistillMethod(nn.Module):
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0}
     positive: ClassVar[tuple[str, ...]] = ()   # hyperparameters that must be > 0 (temperatures, sizes)
+    needs_teacher: ClassVar[bool] = True       # False: trained without a teacher (the vanilla baseline)
 
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any]) -> list[str]:
@@ -118,17 +119,21 @@ class Distillation(Objective):
     """A student's objective: a distillation method together with its frozen, eval-mode teacher
     (a :class:`ZooModel`, or a :class:`SharedTeacher` that several students use)."""
 
-    def __init__(self, method: DistillMethod, teacher: ZooModel | SharedTeacher) -> None:
+    def __init__(self, method: DistillMethod, teacher: ZooModel | SharedTeacher | None) -> None:
         super().__init__()
+        if teacher is None and method.needs_teacher:
+            raise ValueError(f"method {method.name!r} needs a teacher")
         self.method = method
         self.teacher = teacher
-        self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "Distillation":
         super().train(mode)
-        self.teacher.eval()  # the teacher stays in eval mode whatever the trainer asks
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher stays in eval mode whatever the trainer asks
         return self
 
     def step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:

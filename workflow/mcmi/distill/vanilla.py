@@ -19,6 +19,7 @@ class Vanilla(DistillMethod):
 
     name: ClassVar[str] = "vanilla"
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0}
+    needs_teacher: ClassVar[bool] = False
 
     def distill(self, s: Features, t: Features, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         return {}

@@ -1,0 +1,485 @@
+"""The workflow's plan: the validated config turned into output paths, typed job specs, student
+groups and the inputs of every target. The Snakemake rules stay thin and call this one object."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcmi.pipeline.config import ConfigError, check_config, with_defaults
+from mcmi.pipeline.naming import (MCMI, MLL, VARIANTS, Setting, Variant, early_stop_variant, few_shot_setting,
+                                  grid_variant, number_text, split_pair, temperature_setting)
+from mcmi.pipeline.paths import Paths
+from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, MCMISpec, MeasureSpec, StudentGroupSpec,
+                                 StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
+
+# Table ids in target order: the paper's Tables 1-7, then tables beyond the paper ("1x": Table 1's
+# layout for MIMKD and ITRD).
+TABLE_IDS = ("1", "2", "3", "4", "5", "6", "7", "1x")
+
+
+@dataclass(frozen=True, order=True)
+class StudentCell:
+    """One student of the tables: a pair, a method, the teacher variant, the setting and a seed."""
+
+    ds: str
+    teacher: str
+    student: str
+    method: str
+    variant: str
+    setting: str
+    seed: int
+
+    @property
+    def group_setting(self) -> str:
+        """Which students share a job: one per setting, except that a temperature sweep (all on the full
+        training set) is one group, kept apart from the 'full' students so that a target needing only
+        one of them trains only those."""
+        return "T" if Setting.parse(self.setting).is_temperature else self.setting
+
+
+@dataclass
+class StudentGroup:
+    """Students trained by one job: same dataset, teacher checkpoint, setting, seed and batch size."""
+
+    name: str
+    cells: list[StudentCell] = field(default_factory=list)
+
+
+class WorkflowConfig:
+    """Validated config (schema defaults applied once) plus everything the rules need."""
+
+    def __init__(self, config: dict[str, Any], repo: Path) -> None:
+        self.config = with_defaults(config)
+        self.repo = Path(repo)
+        self.paths = Paths(self.config["results"])
+        self.results = self.paths.results
+        self.gpus_per_job = 0 if self.config["device"] == "cpu" else 1
+        self.threads = int(self.config["threads"])
+        paper = Path(self.config["paper_dir"])
+        self.paper_dir = str(paper if paper.is_absolute() or paper.exists() else self.repo / paper)
+        self._groups: list[StudentGroup] | None = None    # planned once, on first use
+        check_config(self.config, lambda ds, model: self.recipe(ds, "teacher", model)["epochs"],
+                     self.synthetic_presets)
+
+    # ------------------------------------------------------------------ paths
+    def data_ready(self, ds: str) -> str:
+        return self.paths.path("data_ready", dataset=ds)
+
+    def teacher_model(self, ds: str, teacher: str, variant: str) -> str:
+        return self.paths.path("teacher_model", dataset=ds, teacher=teacher, variant=variant)
+
+    def teacher_metrics(self, ds: str, teacher: str, variant: str) -> str:
+        return self.paths.path("teacher_metrics", dataset=ds, teacher=teacher, variant=variant)
+
+    def lambda_star_file(self, ds: str, teacher: str) -> str:
+        return self.paths.path("lambda_star", dataset=ds, teacher=teacher)
+
+    def measure(self, ds: str, teacher: str, variant: str, temperature: float | str = 1) -> str:
+        return self.paths.path("measure", dataset=ds, teacher=teacher, variant=variant, temp=number_text(temperature))
+
+    def student(self, ds: str, teacher: str, student: str, method: str, variant: str, setting: str,
+                seed: int | str) -> str:
+        return self.paths.path("student_metrics", dataset=ds, teacher=teacher, student=student, method=method,
+                               variant=variant, setting=setting, seed=int(seed))
+
+    def vanilla(self, ds: str, student: str, seed: int | str) -> str:
+        return self.paths.path("vanilla_metrics", dataset=ds, student=student, seed=int(seed))
+
+    def hsakd_heads(self, ds: str, teacher: str, variant: str) -> str:
+        return self.paths.path("hsakd_heads", dataset=ds, teacher=teacher, variant=variant)
+
+    def synthetic(self, preset: str, dmu: float | str) -> str:
+        return self.paths.path("synthetic", preset=preset, dmu=number_text(dmu))
+
+    # ------------------------------------------------------------------ recipes
+    def dataset_spec(self, ds: str) -> dict[str, Any]:
+        return copy.deepcopy(self.config["datasets"][ds])
+
+    def recipe(self, ds: str, role: str, model: str) -> dict[str, Any]:
+        recipe = copy.deepcopy(self.config["recipes"][self.config["recipe_of"][ds][role]])
+        if model in self.config["lr_overrides"]:
+            recipe["lr"] = self.config["lr_overrides"][model]
+        return recipe
+
+    def batch_size(self, ds: str, role: str, model: str) -> int:
+        """A recipe's batch size (the trainer's ``Recipe`` default when the config leaves it out)."""
+        from mcmi.train import Recipe
+
+        return Recipe(**self.recipe(ds, role, model)).batch_size
+
+    def mcmi_recipe(self, ds: str, teacher: str) -> dict[str, Any]:
+        """Cosine schedule over the MCMI epochs from lr_factor x the teacher's initial lr."""
+        base = self.recipe(ds, "teacher", teacher)
+        mcmi = self.config["mcmi"]
+        return {**base, "epochs": mcmi["epochs"][ds], "schedule": "cosine", "milestones": [],
+                "lr": base["lr"] * mcmi["lr_factor"],
+                "batch_size": mcmi["batch_size"].get(ds, self.batch_size(ds, "teacher", teacher))}
+
+    def method_hparams(self, method: str, teacher: str, student: str) -> dict[str, Any]:
+        hparams = dict(self.config["methods"].get(method, {}))
+        hparams.update(self.config["method_pair_overrides"].get(method, {}).get(f"{teacher}->{student}", {}))
+        return hparams
+
+    def pretrained(self, ds: str, teacher: str) -> str | None:
+        return self.config["teachers"]["pretrained"].get(ds, {}).get(teacher)
+
+    # ------------------------------------------------------------------ job specs
+    def _job(self, ds: str, seed: int, out_metrics: str, run: dict[str, Any]) -> dict[str, Any]:
+        """Fields of every training job."""
+        return {"dataset": self.dataset_spec(ds), "seed": int(seed), "device": self.config["device"],
+                "out_metrics": out_metrics, "resume": self.paths.resume(out_metrics), "run": run}
+
+    def _numerics(self) -> dict[str, Any]:
+        """Training numerics of students (config ``precision``, ``channels_last``)."""
+        return {"precision": self.config["precision"], "channels_last": bool(self.config["channels_last"])}
+
+    @staticmethod
+    def variant_run_fields(variant: str) -> dict[str, Any]:
+        """How a teacher variant appears in the metrics' run block."""
+        return Variant.parse(variant).run_fields()
+
+    def data_spec(self, ds: str) -> DataSpec:
+        return DataSpec(dataset=self.dataset_spec(ds), out_metrics=self.data_ready(ds), run={"dataset": ds})
+
+    def teacher_spec(self, ds: str, teacher: str, variant: str) -> TeacherSpec | ImportSpec:
+        job = self._job(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
+                        {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)})
+        out_model = self.teacher_model(ds, teacher, variant)
+        if variant == MLL and self.pretrained(ds, teacher):
+            return ImportSpec(**job, model=teacher, out_model=out_model, checkpoint=self.pretrained(ds, teacher))
+        fig2 = self.config["experiments"].get("figure2")
+        traces_cmi = variant == MLL and fig2 and fig2["dataset"] == ds and teacher in fig2["teachers"]
+        return TeacherSpec(**job, model=teacher, out_model=out_model, recipe=self.recipe(ds, "teacher", teacher),
+                           cmi_every=fig2["cmi_every"] if traces_cmi else None,
+                           stop_after_epoch=Variant.parse(variant).es_epochs)
+
+    def mcmi_spec(self, ds: str, teacher: str, lam: str) -> MCMISpec:
+        variant = grid_variant(lam)
+        job = self._job(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
+                        {"dataset": ds, "teacher": teacher, "variant": MCMI, "lam": float(lam)})
+        return MCMISpec(**job, model=teacher, out_model=self.teacher_model(ds, teacher, variant),
+                        teacher_checkpoint=self.teacher_model(ds, teacher, MLL), lam=float(lam),
+                        recipe=self.mcmi_recipe(ds, teacher), centroid_pass=self.config["mcmi"]["centroid_pass"])
+
+    def measure_spec(self, ds: str, teacher: str, variant: str, temp: str) -> MeasureSpec:
+        job = self._job(ds, 0, self.measure(ds, teacher, variant, float(temp)),
+                        {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)})
+        return MeasureSpec(**job, model=teacher, checkpoint=self.teacher_model(ds, teacher, variant),
+                           temperature=float(temp))
+
+    def student_spec(self, ds: str, teacher: str, student: str, method: str, variant: str, setting: str,
+                     seed: int | str) -> StudentSpec:
+        out = self.student(ds, teacher, student, method, variant, setting, seed)
+        hparams = self.method_hparams(method, teacher, student)
+        run = {"dataset": ds, "teacher": teacher, "student": student, "method": method, "seed": int(seed),
+               **self.variant_run_fields(variant)}
+        parsed = Setting.parse(setting)
+        few_shot = zero_shot = None
+        if parsed.is_few_shot:
+            few_shot = FewShot(alpha_percent=parsed.alpha_percent,
+                               seed=self.config["experiments"]["table3"]["partition_seed"])
+            run["alpha_percent"] = parsed.alpha_percent
+        elif parsed.is_temperature:
+            hparams["T"] = parsed.temperature
+            run["temperature"] = parsed.temperature
+        elif parsed.is_zero_shot:
+            zero_shot = ZeroShot(removed_classes=self.config["experiments"]["figure4"]["removed_classes"])
+        extra = {"hsakd_teacher_heads": self.hsakd_heads(ds, teacher, variant)} if method == "HSAKD" else None
+        return StudentSpec(**self._job(ds, int(seed), out, run), **self._numerics(), student=student,
+                           teacher=teacher, teacher_checkpoint=self.teacher_model(ds, teacher, variant),
+                           method=method, recipe=self.recipe(ds, "student", student),
+                           out_model=str(Path(out).with_name("model.pt")), finished=self.paths.finished(out),
+                           few_shot=few_shot, zero_shot=zero_shot, extra=extra, hparams=hparams)
+
+    def vanilla_spec(self, ds: str, student: str, seed: int | str) -> StudentSpec:
+        out = self.vanilla(ds, student, seed)
+        run = {"dataset": ds, "student": student, "method": "vanilla", "seed": int(seed)}
+        return StudentSpec(**self._job(ds, int(seed), out, run), **self._numerics(), student=student,
+                           method="vanilla", recipe=self.recipe(ds, "student", student),
+                           out_model=str(Path(out).with_name("model.pt")),
+                           hparams=dict(self.config["methods"].get("vanilla", {})))
+
+    def hsakd_heads_spec(self, ds: str, teacher: str, variant: str) -> HeadsSpec:
+        out = self.paths.path("hsakd_heads_metrics", dataset=ds, teacher=teacher, variant=variant)
+        job = self._job(ds, self.config["teachers"]["seed"], out,
+                        {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)})
+        return HeadsSpec(**job, model=teacher, checkpoint=self.teacher_model(ds, teacher, variant),
+                         out_model=self.hsakd_heads(ds, teacher, variant), recipe=self.recipe(ds, "teacher", teacher),
+                         hparams=dict(self.config["methods"].get("HSAKD", {})))
+
+    @property
+    def synthetic_threads(self) -> int:
+        """Threads of one synthetic job (its config's ``threads``; 1 lets jobs of several delta_mu share a CPU)."""
+        return int(self.config["experiments"].get("table5", {}).get("synthetic", {}).get("threads", 1))
+
+    @property
+    def synthetic_presets(self) -> list[str]:
+        """The presets Table 5 runs (``experiments.table5.presets``, default in the schema)."""
+        return list(self.config["experiments"].get("table5", {}).get("presets", []))
+
+    def synthetic_spec(self, preset: str, dmu: str) -> SyntheticSpec:
+        """The job spec of one synthetic run; a function of the wildcards only (Snakemake sees its changes)."""
+        return SyntheticSpec(synthetic=dict(self.config["experiments"]["table5"]["synthetic"]), preset=preset,
+                             delta_mu=float(dmu), out_metrics=self.synthetic(preset, dmu))
+
+    def teacher_inputs(self, ds: str, teacher: str, variant: str) -> dict[str, str]:
+        """A teacher job needs its data; an imported (pretrained) one also its checkpoint file, so
+        replacing that file reruns the import and everything downstream."""
+        inputs = {"ready": self.data_ready(ds)}
+        if variant == MLL and self.pretrained(ds, teacher):
+            inputs["checkpoint"] = self.pretrained(ds, teacher)
+        return inputs
+
+    # ------------------------------------------------------------------ grouped student jobs
+    def student_cells(self) -> list[StudentCell]:
+        """Every distilled student some target needs: the tables' and figures' inputs, and the
+        lambda-selection students of each teacher whose MCMI (lambda*) version is used."""
+        paths = [p for outputs in self._target_inputs() for p in outputs]
+        cells = {cell for p in paths if (cell := self._cell(p)) is not None}
+        mcmi_teachers = set()
+        for p in paths:
+            for name in ("teacher_metrics", "teacher_model", "measure"):
+                found = self.paths.parse(name, p)
+                if found and found["variant"] == MCMI:
+                    mcmi_teachers.add((found["dataset"], found["teacher"]))
+        mcmi_teachers |= {(c.ds, c.teacher) for c in cells if c.variant == MCMI}
+        if self.selection_mode() == "select":
+            for ds, teacher in sorted(mcmi_teachers):
+                cells |= {self._cell(p) for p in self.selection_inputs(ds, teacher)}
+        return sorted(cells)
+
+    def _target_inputs(self) -> list[list[str]]:
+        return [self.target_inputs(target) for target in self.targets()]
+
+    def target_inputs(self, target: str) -> list[str]:
+        """The input files of a named target ('table3', 'table1x', 'figure2', ...)."""
+        kind, number = re.fullmatch(r"(table|figure)(\w+)", target).groups()
+        return self.table_inputs(number) if kind == "table" else self.figure_inputs(int(number))
+
+    def _cell(self, path: str) -> StudentCell | None:
+        m = self.paths.parse("student_metrics", path)
+        if m is None:
+            return None
+        return StudentCell(m["dataset"], m["teacher"], m["student"], m["method"], m["variant"], m["setting"],
+                           int(m["seed"]))
+
+    def student_groups(self) -> list[StudentGroup]:
+        """The student jobs: cells that share (dataset, teacher checkpoint, setting, seed, batch size) --
+        and the student model too when ``student_groups.by`` is 'pair' -- in chunks of at most
+        ``student_groups.max_students``; 'none' makes every student a job of its own."""
+        if self._groups is not None:
+            return self._groups
+        options = self.config["student_groups"]
+        by, limit = options["by"], int(options["max_students"]) or None
+        grouped: dict[tuple, list[StudentCell]] = {}
+        for cell in self.student_cells():
+            batch = self.batch_size(cell.ds, "student", cell.student)
+            key = (cell.ds, cell.teacher, cell.variant, cell.group_setting, cell.seed, batch,
+                   cell.student if by == "pair" else "all", cell if by == "none" else None)
+            grouped.setdefault(key, []).append(cell)
+        groups = []
+        for key, cells in grouped.items():
+            ds, teacher, variant, setting, seed, _, student, single = key
+            base = (f"students_{ds}_{teacher}_{student}_{variant}_{setting}_seed{seed}" if single is None else
+                    f"student_{ds}_{teacher}_{single.student}_{single.method}_{variant}_{single.setting}_seed{seed}")
+            base = re.sub(r"[^A-Za-z0-9_]", "_", base.replace("+", "plus"))
+            chunks = [cells[i:i + limit] for i in range(0, len(cells), limit)] if limit else [cells]
+            for k, chunk in enumerate(chunks):
+                groups.append(StudentGroup(f"{base}_part{k + 1}" if len(chunks) > 1 else base, chunk))
+        self._groups = groups
+        return groups
+
+    def group_outputs(self, group: StudentGroup) -> list[str]:
+        out = []
+        for c in group.cells:
+            metrics = self.student(c.ds, c.teacher, c.student, c.method, c.variant, c.setting, c.seed)
+            out += [metrics, str(Path(metrics).with_name("model.pt"))]
+        return out
+
+    def group_inputs(self, group: StudentGroup) -> dict[str, str]:
+        first = group.cells[0]
+        inputs = {"ready": self.data_ready(first.ds),
+                  "teacher": self.teacher_model(first.ds, first.teacher, first.variant)}
+        if any(c.method == "HSAKD" for c in group.cells):
+            inputs["heads"] = self.hsakd_heads(first.ds, first.teacher, first.variant)
+        return inputs
+
+    def group_spec(self, group: StudentGroup) -> StudentGroupSpec:
+        return StudentGroupSpec(members=tuple(
+            self.student_spec(c.ds, c.teacher, c.student, c.method, c.variant, c.setting, c.seed)
+            for c in group.cells))
+
+    def group_resources(self, group: StudentGroup) -> dict[str, int]:
+        """Scheduler resources of a group: wall time and memory grow with its number of students."""
+        first, n = group.cells[0], len(group.cells)
+        imagenet = self.mem_mb(first.ds) > 8000
+        epochs = max(self.recipe(c.ds, "student", c.student)["epochs"] for c in group.cells)
+        per_student = self._wall_minutes(first.ds, epochs)
+        return {"mem_mb": self.mem_mb(first.ds) + (4000 if imagenet else 1000) * (n - 1),
+                "runtime": per_student * n, "gpu": self.gpus_per_job}
+
+    # ------------------------------------------------------------------ lambda*
+    def selection_mode(self) -> str:
+        return self.config["mcmi"]["lambda_selection"]["mode"]
+
+    def selection_inputs(self, ds: str, teacher: str) -> list[str]:
+        sel = self.config["mcmi"]["lambda_selection"]
+        student = sel["student_of"].get(teacher)
+        if student is None:
+            raise ConfigError(f"mcmi.lambda_selection.student_of.{teacher}: no student named for lambda selection")
+        return [self.student(ds, teacher, student, sel["method"], grid_variant(lam), "full", s)
+                for lam in self.config["mcmi"]["lambda_grid"][ds] for s in sel["seeds"]]
+
+    def paper_lambda_star(self, ds: str, teacher: str) -> float:
+        try:
+            return float(self.config["mcmi"]["paper_lambda_star"][ds][teacher])
+        except KeyError:
+            raise ConfigError(f"mcmi.paper_lambda_star.{ds}.{teacher}: needed because "
+                              f"mcmi.lambda_selection.mode is 'paper'") from None
+
+    def selected_teacher_inputs(self, ds: str, teacher: str) -> dict[str, Any]:
+        """What the lambda* teacher is copied from: the grid teachers (their models and metrics, in
+        grid order) and, in select mode, the selection file; in paper mode only the grid teacher at
+        the paper's lambda*."""
+        grid = ([self.paper_lambda_star(ds, teacher)] if self.selection_mode() == "paper"
+                else self.config["mcmi"]["lambda_grid"][ds])
+        inputs: dict[str, Any] = {
+            "models": [self.teacher_model(ds, teacher, grid_variant(lam)) for lam in grid],
+            "metrics": [self.teacher_metrics(ds, teacher, grid_variant(lam)) for lam in grid]}
+        if self.selection_mode() == "select":
+            inputs["selection"] = self.lambda_star_file(ds, teacher)
+        return inputs
+
+    def selected_teacher_choice(self, ds: str, teacher: str) -> str:
+        """The choice argument of ``mcmi adopt-teacher``: the selection file, or the paper's lambda*."""
+        if self.selection_mode() == "paper":
+            return f"--lam {number_text(self.paper_lambda_star(ds, teacher))}"
+        return f"--selection {self.lambda_star_file(ds, teacher)}"
+
+    # ------------------------------------------------------------------ per-target inputs
+    def experiment(self, name: str) -> dict[str, Any]:
+        """The config of experiment ``name``; a ConfigError when it is not configured."""
+        if name not in self.config["experiments"]:
+            raise ConfigError(f"experiments.{name}: not configured, so its target cannot be built")
+        return self.config["experiments"][name]
+
+    def seeds(self, exp: dict[str, Any]) -> list[int]:
+        """An experiment's seeds, else the config's top-level ``seeds``."""
+        return exp.get("seeds", self.config["seeds"])
+
+    def table_inputs(self, n: int | str) -> list[str]:
+        """The metrics files of table ``n`` (an id of ``TABLE_IDS``; 1 and "1" are the same)."""
+        if str(n) not in TABLE_IDS:
+            raise ConfigError(f"no table {n!r}; known: {list(TABLE_IDS)}")
+        return getattr(self, f"_table{n}_inputs")()
+
+    def students_and_teachers(self, exp: dict[str, Any], variants: tuple[str, ...] = VARIANTS) -> list[str]:
+        """Each pair's teacher measurements and its students of every method, variant and seed."""
+        ds, seeds = exp["dataset"], self.seeds(exp)
+        paths = []
+        for pair in exp["pairs"]:
+            teacher, student = split_pair(pair)
+            paths += [self.measure(ds, teacher, v) for v in variants]
+            paths += [self.student(ds, teacher, student, m, v, "full", s)
+                      for m in exp["methods"] for v in variants for s in seeds]
+        return paths
+
+    def _table1_inputs(self) -> list[str]:
+        exp = self.experiment("table1")
+        students = sorted({split_pair(p)[1] for p in exp["pairs"]})
+        vanilla = [self.vanilla(exp["dataset"], st, s) for st in students for s in self.seeds(exp)]
+        return _unique(self.students_and_teachers(exp) + vanilla)
+
+    def _table1x_inputs(self) -> list[str]:
+        """As Table 1 (teachers measured, students with MLL and MCMI teachers, teacher-free baselines)
+        for ``experiments.table1x``."""
+        exp = self.experiment("table1x")
+        students = sorted({split_pair(p)[1] for p in exp["pairs"]})
+        vanilla = [self.vanilla(exp["dataset"], st, s) for st in students for s in self.seeds(exp)]
+        return _unique(self.students_and_teachers(exp) + vanilla)
+
+    def _table2_inputs(self) -> list[str]:
+        return _unique(self.students_and_teachers(self.experiment("table2")))
+
+    def _table3_inputs(self) -> list[str]:
+        exp = self.experiment("table3")
+        return _unique([self.student(exp["dataset"], *split_pair(p), m, v, few_shot_setting(a), s)
+                        for p in exp["pairs"] for m in exp["methods"] for v in VARIANTS
+                        for a in exp["alpha_percent"] for s in self.seeds(exp)])
+
+    def _table4_inputs(self) -> list[str]:
+        exp = self.experiment("table4")
+        paths = []
+        for pair in exp["pairs"]:
+            teacher = split_pair(pair)[0]
+            if teacher not in exp["es_epochs"]:
+                raise ConfigError(f"experiments.table4.es_epochs.{teacher}: missing")
+            variants = (MLL, early_stop_variant(exp["es_epochs"][teacher]), MCMI)
+            paths += self.students_and_teachers({**exp, "pairs": [pair]}, variants)
+        return _unique(paths)
+
+    def _table5_inputs(self) -> list[str]:
+        exp = self.experiment("table5")
+        return [self.synthetic(preset, d) for preset in self.synthetic_presets for d in exp["delta_mu"]]
+
+    def _table6_inputs(self) -> list[str]:
+        exp = self.experiment("table6")
+        return [self.lambda_star_file(exp["dataset"], t) for t in exp["teachers"]]
+
+    def _table7_inputs(self) -> list[str]:
+        exp = self.experiment("table7")
+        return _unique(self.students_and_teachers(exp, tuple(grid_variant(lam) for lam in exp["lambdas"])))
+
+    def figure_inputs(self, n: int) -> list[str]:
+        if n == 1:
+            exp = self.experiment("figure1")
+            ds = exp["dataset"]
+            return _unique([path for pair in exp["pairs"] for t in exp["temperatures"] for path in
+                            [self.measure(ds, split_pair(pair)[0], MLL, t)]
+                            + [self.student(ds, *split_pair(pair), "KD", MLL, temperature_setting(t), s)
+                               for s in self.seeds(exp)]])
+        if n == 2:
+            exp = self.experiment("figure2")
+            return [self.teacher_metrics(exp["dataset"], t, MLL) for t in exp["teachers"]]
+        if n == 4:
+            exp = self.experiment("figure4")
+            mcmi = grid_variant(exp["lam"]) if "lam" in exp else MCMI
+            return _unique([self.student(exp["dataset"], *split_pair(p), m, v, "zs", s)
+                            for p in exp["pairs"] for m in exp["methods"] for v in (MLL, mcmi)
+                            for s in self.seeds(exp)])
+        raise ConfigError(f"no figure {n}")
+
+    def targets(self) -> dict[str, list[str]]:
+        """Each named target (table1..7, table1x, figure1/2/4) that the config defines, with its outputs."""
+        out = {}
+        for n in TABLE_IDS:
+            if f"table{n}" in self.config["experiments"]:
+                out[f"table{n}"] = [self.paths.path("table", n=n, ext=ext) for ext in ("md", "tex", "csv")]
+        for n in (1, 2, 4):
+            if f"figure{n}" in self.config["experiments"]:
+                out[f"figure{n}"] = [self.paths.path("figure", n=n, ext=ext) for ext in ("pdf", "png")]
+        return out
+
+    # ------------------------------------------------------------------ resources
+    def mem_mb(self, ds: str) -> int:
+        return 32000 if self.config["datasets"][ds]["kind"] == "imagefolder" and ds == "imagenet" else 8000
+
+    def runtime_minutes(self, kind: str, ds: str) -> int:
+        """A generous wall-time estimate for cluster schedulers, in minutes."""
+        epochs = {"mcmi": self.config["mcmi"]["epochs"].get(ds, 20), "measure": 1}.get(
+            kind, self.config["recipes"][self.config["recipe_of"][ds]["student" if kind == "student" else "teacher"]]
+            ["epochs"])
+        return self._wall_minutes(ds, epochs)
+
+    @staticmethod
+    def _wall_minutes(ds: str, epochs: int) -> int:
+        """Twice a generous per-epoch time (ImageNet 40 min, otherwise 1 min), at least 10 minutes."""
+        return int(max(10, 2 * {"imagenet": 40}.get(ds, 1.0) * epochs))
+
+
+def _unique(paths: list[str]) -> list[str]:
+    return list(dict.fromkeys(paths))

@@ -1,0 +1,250 @@
+"""Typed job specs: what the workflow builds for a job and what its stage consumes.
+
+Each stage of :mod:`mcmi.stages` takes one of these dataclasses. On the command line a spec travels
+as canonical JSON (:meth:`JobSpec.to_json`; Snakemake's ``params.spec``), and :func:`parse_spec` turns
+that JSON back into the same dataclass, refusing unknown or missing keys. A field left ``None`` is
+not written, so the JSON holds exactly the keys a job has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from mcmi.provenance import canonical_json
+
+SpecDict = dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """Base of every job spec; ``STAGE`` names the stage that runs it."""
+
+    STAGE: ClassVar[str] = ""
+    KEEP_NULL: ClassVar[tuple[str, ...]] = ()    # fields written even when None
+
+    def to_dict(self) -> SpecDict:
+        out: SpecDict = {"stage": self.STAGE}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name not in self.KEEP_NULL:
+                continue
+            if isinstance(value, JobSpec | _Part):
+                value = value.to_dict()
+            elif isinstance(value, tuple) and value and isinstance(value[0], JobSpec):
+                value = [member.to_dict() for member in value]
+            out[f.name] = value
+        return out
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): the same spec gives the same text whatever the config's key order."""
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: SpecDict) -> "JobSpec":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names) - {"stage"})
+        if unknown:
+            raise ValueError(f"job spec for stage {cls.STAGE!r} has unknown key(s) {unknown}; "
+                             f"known: {sorted(names)}")
+        missing = sorted(n for n, f in names.items() if n not in data and _required(f))
+        if missing:
+            raise ValueError(f"job spec for stage {cls.STAGE!r} lacks key(s) {missing}")
+        values = {}
+        for name, value in data.items():
+            if name == "stage":
+                continue
+            kind = _PART_TYPES.get((cls.__name__, name))
+            values[name] = kind.from_dict(value) if kind and value is not None else value
+        if cls is StudentGroupSpec:
+            values["members"] = tuple(StudentSpec.from_dict(m) for m in data["members"])
+        return cls(**values)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Part:
+    """A nested block of a spec (few-shot subset, zero-shot classes)."""
+
+    def to_dict(self) -> SpecDict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: SpecDict) -> "_Part":
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"{cls.__name__} block needs exactly the keys {sorted(names)}, got {sorted(data)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FewShot(_Part):
+    """Train the student on ``alpha_percent`` % of each class (Table 3), drawn with ``seed``."""
+
+    alpha_percent: float
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZeroShot(_Part):
+    """Train the student without these classes (Figure 4)."""
+
+    removed_classes: list[int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec(JobSpec):
+    """Check (download or generate where configured) one dataset before any job uses it."""
+
+    STAGE: ClassVar[str] = "prepare_data"
+    dataset: SpecDict
+    out_metrics: str
+    run: SpecDict = field(default_factory=dict)     # the cell's identity in the tables
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJob(JobSpec):
+    """Keys of every job that loads a dataset and writes a metrics file (and maybe a resume point)."""
+
+    dataset: SpecDict
+    seed: int
+    out_metrics: str
+    run: SpecDict = field(default_factory=dict)     # the cell's identity in the tables
+    device: str = "auto"
+    resume: str | None = None     # resumable checkpoint, outside the declared outputs
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherSpec(TrainingJob):
+    """Train a teacher with cross-entropy (MLL; early-stopped when ``stop_after_epoch`` is set)."""
+
+    STAGE: ClassVar[str] = "teacher"
+    model: str
+    recipe: SpecDict
+    out_model: str
+    cmi_every: int | None = None          # measure the training set's CMI every N epochs (Figure 2)
+    stop_after_epoch: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportSpec(TrainingJob):
+    """Take a pretrained RepDistiller checkpoint as the MLL teacher."""
+
+    STAGE: ClassVar[str] = "import"
+    model: str
+    checkpoint: str
+    out_model: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MCMISpec(TrainingJob):
+    """Fine-tune the MLL teacher at ``checkpoint`` to maximise LL + lam * CMI."""
+
+    STAGE: ClassVar[str] = "mcmi"
+    model: str
+    teacher_checkpoint: str
+    lam: float
+    recipe: SpecDict
+    centroid_pass: str = "eval"
+    out_model: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeasureSpec(TrainingJob):
+    """Test accuracy and training-set CMI/LL of a teacher at a temperature."""
+
+    STAGE: ClassVar[str] = "measure"
+    model: str
+    checkpoint: str
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadsSpec(TrainingJob):
+    """HSAKD's first stage: the teacher's auxiliary heads on its frozen backbone."""
+
+    STAGE: ClassVar[str] = "hsakd_heads"
+    model: str
+    checkpoint: str
+    recipe: SpecDict
+    hparams: SpecDict = field(default_factory=dict)
+    out_model: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentSpec(TrainingJob):
+    """Distil one student from a frozen teacher with one method (``vanilla``: no teacher)."""
+
+    STAGE: ClassVar[str] = "student"
+    student: str
+    method: str
+    recipe: SpecDict
+    hparams: SpecDict = field(default_factory=dict)
+    out_model: str
+    teacher: str | None = None
+    teacher_checkpoint: str | None = None
+    few_shot: FewShot | None = None
+    zero_shot: ZeroShot | None = None
+    extra: SpecDict | None = None            # files a method needs (HSAKD: the teacher's heads)
+    finished: str | None = None              # where the finished student is kept for reuse
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def shared_key(self) -> tuple[str, ...]:
+        """What students trained in one job must share: data, seed, device, teacher, subset, numerics."""
+        return tuple(canonical_json(getattr(self, name)) for name in SHARED_BY_GROUP)
+
+
+# Fields every member of a student group must have in common.
+SHARED_BY_GROUP = ("dataset", "seed", "device", "teacher", "teacher_checkpoint", "few_shot", "zero_shot",
+                   "precision", "channels_last")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentGroupSpec(JobSpec):
+    """Several students trained in one process on one batch stream and one teacher pass per batch."""
+
+    STAGE: ClassVar[str] = "student_group"
+    members: tuple[StudentSpec, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticSpec(JobSpec):
+    """The synthetic Gaussian task at one delta_mu under one preset (Table 5)."""
+
+    STAGE: ClassVar[str] = "synthetic"
+    # The task seeds itself from its config (seeds, task_seed); ``seed`` stays null in the JSON so the
+    # spec, and with it every finished synthetic output, is unchanged from earlier versions.
+    KEEP_NULL: ClassVar[tuple[str, ...]] = ("seed",)
+    synthetic: SpecDict
+    preset: str
+    delta_mu: float
+    out_metrics: str
+    seed: None = None
+
+
+_PART_TYPES: dict[tuple[str, str], type[_Part]] = {
+    ("StudentSpec", "few_shot"): FewShot, ("StudentSpec", "zero_shot"): ZeroShot}
+SPEC_TYPES: dict[str, type[JobSpec]] = {cls.STAGE: cls for cls in (
+    DataSpec, TeacherSpec, ImportSpec, MCMISpec, MeasureSpec, HeadsSpec, StudentSpec, StudentGroupSpec,
+    SyntheticSpec)}
+
+
+def parse_spec(data: SpecDict | str | JobSpec) -> JobSpec:
+    """A typed spec from its dict or JSON text (``stage`` picks the type)."""
+    if isinstance(data, JobSpec):
+        return data
+    if isinstance(data, str):
+        data = json.loads(data)
+    if not isinstance(data, dict):
+        raise ValueError("a job spec must be a JSON object")
+    stage = data.get("stage")
+    if stage not in SPEC_TYPES:
+        raise ValueError(f"unknown stage {stage!r}; known: {sorted(SPEC_TYPES)}")
+    return SPEC_TYPES[stage].from_dict(data)
