@@ -10,6 +10,10 @@ from mcmi.workflow_config import WorkflowConfig  # noqa: E402  (after validation
 
 W = WorkflowConfig(config, repo=Path(workflow.basedir))
 
+# envs/mcmi.yaml installs this repository's package (for its dependencies) from ${MCMI_REPO}; pip
+# expands the variable when Snakemake builds the env, which happens after this file is read.
+os.environ.update(MCMI_REPO=workflow.basedir)  # set, not read: no `envvars:` needed
+
 
 def mcmi(arguments):
     """Shell line running the package's CLI from this repository's workflow/ folder, whatever the
