@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from mcmi.data.batch import Batch
 from mcmi.distill import DistillMethod, PairContext, build_method, registry
+from mcmi.distill._common import kd_loss
 from mcmi.models.base import Features, FeatureShapes
 
 NUM_CLASSES = 10
@@ -114,6 +115,18 @@ def test_kd_matches_closed_form(gen: torch.Generator) -> None:
     expected = 0.7 * 9.0 * (p_t * (p_t.log() - p_s.log())).sum(1).mean()
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     assert method.defaults["ce_weight"] == 0.1 and method.defaults["alpha"] == 0.9 and method.defaults["T"] == 4
+
+
+def test_kd_loss_equals_both_reference_reductions(gen: torch.Generator) -> None:
+    """``kd_loss`` is RepDistiller's DistillKL (summed KL / batch size · T²) and, bit for bit,
+    winycg/HSAKD's KLDivLoss(reduction="batchmean") · T²."""
+    z_s = torch.randn(BATCH, NUM_CLASSES, generator=gen)
+    z_t = torch.randn(BATCH, NUM_CLASSES, generator=gen)
+    log_p_s, p_t = F.log_softmax(z_s / 3.0, dim=1), F.softmax(z_t / 3.0, dim=1)
+    got = kd_loss(z_s, z_t, 3.0)
+    assert got.dim() == 0
+    assert torch.equal(got, F.kl_div(log_p_s, p_t, reduction="sum") / BATCH * 9.0)
+    assert torch.equal(got, torch.nn.KLDivLoss(reduction="batchmean")(log_p_s, p_t) * 9.0)
 
 
 def test_dkd_decoupling_identity(gen: torch.Generator) -> None:

@@ -9,6 +9,10 @@ from mcmi.pipeline.naming import TRAINED_TEACHER_VARIANT, WILDCARDS  # noqa: E40
 W = WorkflowConfig(config, repo=Path(workflow.basedir))
 P = W.paths.pattern     # P("student_metrics") -> the path template with its {wildcards}
 
+# envs/mcmi.yaml installs this repository's package (for its dependencies) from ${MCMI_REPO}; pip
+# expands the variable when Snakemake builds the env, which happens after this file is read.
+os.environ.update(MCMI_REPO=workflow.basedir)  # set, not read: no `envvars:` needed
+
 
 def mcmi(arguments):
     """Shell line running the package's CLI from this repository's workflow/ folder, whatever the

@@ -10,11 +10,28 @@ from torch import nn
 def tempered_kl(log_p_student: torch.Tensor, p_teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(p_teacher || p_student) summed over the last axis, averaged over the batch, times T².
 
-    Used by KD (full softened distributions) and DKD (binary and non-target distributions); the
-    T² factor keeps gradient magnitudes comparable across temperatures (Hinton et al., 2015).
+    Used by ``kd_loss`` (full softened distributions) and DKD (binary and non-target distributions);
+    the T² factor keeps gradient magnitudes comparable across temperatures (Hinton et al., 2015).
     """
     kl = F.kl_div(log_p_student, p_teacher, reduction="sum") / log_p_student.shape[0]
     return kl * temperature**2
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s (2015) KD loss: T² · KL(softmax(z_t/T) || softmax(z_s/T)), summed over the
+    classes (dim 1) and averaged over the batch (dim 0); a scalar.
+
+    The one softened-logit KL of KD, CRD+KD and HSAKD (logits and auxiliary-head logits). Their
+    references agree on the reduction: RepDistiller's ``DistillKL`` (used by KD and CRD+KD) divides
+    the summed KL by the batch size, and winycg/HSAKD's ``KLDivLoss(reduction="batchmean")`` is the
+    same sum divided by the batch size (PyTorch computes it exactly so). DKD applies
+    ``tempered_kl`` to other distributions (binary and non-target) and does not use this.
+    """
+    return tempered_kl(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.softmax(teacher_logits / temperature, dim=1),
+        temperature,
+    )
 
 
 def pool_to_smaller(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

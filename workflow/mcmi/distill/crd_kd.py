@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from mcmi.data.batch import Batch
-from mcmi.distill._common import tempered_kl
+from mcmi.distill._common import kd_loss
 from mcmi.distill.base import register
 from mcmi.distill.crd import CRD
 from mcmi.models.base import Features
@@ -31,11 +30,6 @@ class CRDKD(CRD):
 
     def distill(self, s: Features, t: Features, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         terms = super().distill(s, t, batch, epoch)
-        temperature = float(self.hparams["T"])
-        kd = tempered_kl(
-            F.log_softmax(s.logits / temperature, dim=1),
-            F.softmax(t.logits / temperature, dim=1),
-            temperature,
-        )
+        kd = kd_loss(s.logits, t.logits, float(self.hparams["T"]))
         terms["kd"] = self.hparams["kd_weight"] * kd
         return terms

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcmi.data.batch import Batch
-from mcmi.distill._common import init_heads, tempered_kl
+from mcmi.distill._common import init_heads, kd_loss
 from mcmi.distill.base import DistillMethod, PairContext, register
 from mcmi.models.base import FeatureShapes, ZooModel
 from mcmi.objectives import Objective, StepOutput
@@ -240,16 +240,11 @@ class HSAKD(DistillMethod):
         paired = min(len(s_heads), len(t_heads))  # the deepest heads of each model are paired
         s_heads, t_heads = s_heads[len(s_heads) - paired:], t_heads[len(t_heads) - paired:]
         temperature = float(self.hparams["T"])
-
-        def kl(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
-            log_p_s = F.log_softmax(s_logits / temperature, dim=1)
-            return tempered_kl(log_p_s, F.softmax(t_logits / temperature, dim=1), temperature)
-
         logits = s.logits[0::NUM_ROTATIONS]
         weight = self.hparams["weight"]
         terms = {
             "ce": self.hparams["ce_weight"] * F.cross_entropy(logits, batch.y),
-            "kd_heads": weight * torch.stack([kl(sh, th) for sh, th in zip(s_heads, t_heads)]).sum(),
-            "kd_logits": weight * kl(s.logits, t.logits),
+            "kd_heads": weight * torch.stack([kd_loss(sh, th, temperature) for sh, th in zip(s_heads, t_heads)]).sum(),
+            "kd_logits": weight * kd_loss(s.logits, t.logits, temperature),
         }
         return StepOutput(terms=terms, logits=logits)

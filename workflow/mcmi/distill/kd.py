@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from mcmi.data.batch import Batch
-from mcmi.distill._common import tempered_kl
+from mcmi.distill._common import kd_loss
 from mcmi.distill.base import DistillMethod, register
 from mcmi.models.base import Features
 
@@ -29,10 +28,5 @@ class KD(DistillMethod):
     positive: ClassVar[tuple[str, ...]] = ("T",)
 
     def distill(self, s: Features, t: Features, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
-        temperature = float(self.hparams["T"])
-        loss = tempered_kl(
-            F.log_softmax(s.logits / temperature, dim=1),
-            F.softmax(t.logits / temperature, dim=1),
-            temperature,
-        )
+        loss = kd_loss(s.logits, t.logits, float(self.hparams["T"]))
         return {"kd": self.hparams["alpha"] * loss}
