@@ -25,7 +25,8 @@ from mcmi.synthetic.task import (DEFAULT_PRESET, SPLITS, TARGETS, TaskData, accu
 from mcmi.synthetic.training import select_kernel, train_stack
 
 # Run seed s seeds each random stream of its models with SEED_STRIDE * s + an offset below (all offsets
-# < SEED_STRIDE, so no two streams of any two run seeds share a seed). The values fix every published number.
+# < SEED_STRIDE, so no two streams of any two run seeds share a seed). Changing a value changes every
+# number of every run.
 SEED_STRIDE = 1000
 TEACHER_INIT = 1    # initial weights of the MLL teacher of seed s (the MCMI teachers start from it)
 STUDENT_INIT = 2    # initial weights of the students of seed s (the same for all four targets)
@@ -50,6 +51,7 @@ class Run:
 
     @property
     def seeds(self) -> list[int]:
+        """The run seeds (initialisation and data order; see the offsets above)."""
         return list(self.cfg["seeds"])
 
     @cached_property
@@ -58,6 +60,7 @@ class Run:
         return F.one_hot(self.data.y["train"], self.cfg["num_classes"]).to(torch.float32)
 
     def new_stack(self, init_seeds: list[int]) -> MLPStack:
+        """A stack of this run's MLP shape, member m initialised from ``init_seeds[m]``."""
         return MLPStack.seeded(init_seeds, self.cfg["dim"], self.cfg["hidden"], self.cfg["num_classes"])
 
     def train(self, stack: MLPStack, targets: torch.Tensor, order_seeds: list[int], step: str,
@@ -184,10 +187,11 @@ def _log_lambda_choice(run: Run, scores: dict[str, dict[str, Any]], grid: list[f
 
 def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str,
                   preset: str = DEFAULT_PRESET) -> dict[str, Any]:
-    """Run Table 5 for one ``delta_mu`` under ``preset`` (:data:`~mcmi.synthetic.task.PRESETS`) end to end and write the metrics
-    JSON to ``out_path``.
+    """Run Table 5 for one ``delta_mu`` under ``preset`` (:data:`~mcmi.synthetic.task.PRESETS`) end to end
+    and write the metrics JSON to ``out_path``.
 
-    Config keys (paper values as defaults, see :data:`~mcmi.synthetic.task.DEFAULTS`; a preset sets the convention keys):
+    Config keys (paper values as defaults, see :data:`~mcmi.synthetic.task.DEFAULTS`; a preset sets the
+    convention keys):
       num_points (1e5), num_classes (10), dim (30), sigma (4.0), split ([0.9, 0.05, 0.05]): the task;
       noise_param ("std": x = mu + sigma * eps; "variance": x = mu + sqrt(sigma) * eps, P* alike);
       hidden (128): MLP width; epochs (100), batch_size (32), lr (5e-4): MLL teachers and students;

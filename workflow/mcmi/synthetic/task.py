@@ -166,12 +166,14 @@ class TaskData:
         means = task_means(cfg["num_classes"], cfg["dim"], delta_mu, cfg["task_seed"])
         x, y = sample_gaussian(means, std, cfg["num_points"], cfg["task_seed"])
         n_train, n_val, _ = split_sizes(cfg["num_points"], cfg["split"])
-        parts = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val), "test": slice(n_train + n_val, None)}
+        parts = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val),
+                 "test": slice(n_train + n_val, None)}
         xs = {name: x[part] for name, part in parts.items()}
         return cls(noise_std=std, x=xs, y={name: y[part] for name, part in parts.items()},
                    p_star={name: bayes_posterior(xs[name], means, std) for name in SPLITS})
 
     def size(self, split: str) -> int:
+        """The number of points in ``split``."""
         return len(self.y[split])
 
 
