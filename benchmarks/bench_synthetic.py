@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -30,9 +31,11 @@ from mcmi.synthetic import (
     select_kernel,
     split_sizes,
     task_means,
-    train_reference,
     train_stack,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_oracle import train_reference  # noqa: E402  the plain one-model loop, the baseline here
 
 DELTA_MUS = (0.5, 1.0, 2.0, 4.0)
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcmi import synthetic
 from mcmi.cmi import mcmi_loss
 from mcmi.kernels import mlp_stack
+from mcmi.synthetic import training as synthetic_training
 from mcmi.synthetic import (
     DEFAULTS,
     PRESETS,
@@ -30,9 +30,9 @@ from mcmi.synthetic import (
     seeded_mlp,
     select_kernel,
     task_means,
-    train_reference,
     train_stack,
 )
+from synthetic_oracle import train_reference
 
 KERNELS = {"torch": lambda: None, "cpp": mlp_stack}  # the C++ one is built on first use (~1 min)
 
@@ -148,7 +148,7 @@ def test_kernel_choice_falls_back_only_when_allowed(monkeypatch) -> None:
     def broken() -> None:
         raise RuntimeError("could not build the C++ MLP kernel (no compiler)")
 
-    monkeypatch.setattr(synthetic, "mlp_stack", broken)
+    monkeypatch.setattr(synthetic_training, "mlp_stack", broken)
     messages: list[str] = []
     assert select_kernel("auto", log=messages.append) is None
     assert "no compiler" in messages[0] and "torch" in messages[0]
