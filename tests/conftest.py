@@ -10,6 +10,11 @@ import pytest
 import torch
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: trains for several epochs or runs Snakemake/SLURM; "
+                                       "`pytest -m 'not slow'` runs the rest in about a minute")
+
+
 def write_cifar100(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> Path:
     """A CIFAR-100 python-version tree in the official pickle layout (dict of numpy arrays, latin1)."""
     rng = np.random.default_rng(seed)

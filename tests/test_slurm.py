@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow   # Snakemake/SLURM end to end
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "slurm"))
 from cluster import LocalSlurm, SlurmUnavailable, install_command, pid_alive  # noqa: E402
