@@ -28,6 +28,7 @@ from mcmi.data.tensors import TensorImageDataset
 from mcmi.distill import SharedTeacher
 from mcmi.distill.hsakd import HSAKDTeacherHeads, rotate_batch, save_teacher_heads
 from mcmi.models import create_model, probe_shapes
+from mcmi.pipeline.specs import StudentSpec
 from mcmi.stages import student_members
 from mcmi.train import Precision, fit_members
 
@@ -61,18 +62,19 @@ def _data(steps: int) -> tuple[FirstBatches, TensorImageDataset]:
     return FirstBatches(full, steps), full.subset(torch.arange(BATCH))   # a one-batch test set
 
 
-def _specs(teacher: str, students: list[str], heads: str, folder: Path) -> list[dict[str, Any]]:
+def _specs(teacher: str, students: list[str], heads: str, folder: Path) -> list[StudentSpec]:
     specs = []
     for student in students:
         for method in METHODS:
-            specs.append({"student": student, "teacher": teacher, "method": method, "seed": 0,
-                          "recipe": {"epochs": 1, "lr": 1e-4, "batch_size": BATCH, "milestones": []},
-                          "extra": {"hsakd_teacher_heads": heads}, "resume": None,
-                          "out_metrics": str(folder / f"{student}-{method}.json")})
+            specs.append(StudentSpec(
+                student=student, teacher=teacher, teacher_checkpoint="(in memory)", method=method, seed=0,
+                recipe={"epochs": 1, "lr": 1e-4, "batch_size": BATCH, "milestones": []},
+                extra={"hsakd_teacher_heads": heads}, dataset={"kind": "random-cifar"},
+                out_metrics=str(folder / f"{student}-{method}.json"), out_model=str(folder / f"{student}-{method}.pt")))
     return specs
 
 
-def _train(specs: list[dict[str, Any]], teacher: SharedTeacher, train: FirstBatches, test: Any,
+def _train(specs: list[StudentSpec], teacher: SharedTeacher, train: FirstBatches, test: Any,
            precision: Precision) -> float:
     members = student_members(specs, train, teacher, torch.device("cpu"), precision)
     for member in members:
@@ -123,7 +125,7 @@ def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
     save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES).heads, heads)
     specs = _specs(teacher_name, students, heads, folder)
     teacher = SharedTeacher(model, teacher_name)
-    by_pair = [[spec for spec in specs if spec["student"] == student] for student in students]
+    by_pair = [[spec for spec in specs if spec.student == student] for student in students]
     alone, grouped, paired = [], [], []
     for _ in range(2):                                             # A B (C) A B (C)
         alone.append(sum(_train([spec], teacher, train, test, precision) for spec in specs))
@@ -132,7 +134,7 @@ def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
             paired.append(sum(_train(pair, teacher, train, test, precision) for pair in by_pair))
     forward = _teacher_forward_seconds(model, False, precision) * steps
     forward_rotated = _teacher_forward_seconds(model, True, precision) * steps
-    n_hsakd = sum(spec["method"] == "HSAKD" for spec in specs)
+    n_hsakd = sum(spec.method == "HSAKD" for spec in specs)
     best_alone = min(alone)
     student_work = best_alone - (len(specs) - n_hsakd) * forward - n_hsakd * forward_rotated
     ideal_group = forward + (forward_rotated if n_hsakd else 0.0) + student_work

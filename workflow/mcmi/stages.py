@@ -17,8 +17,8 @@ from mcmi.distill import Distillation, PairContext, SharedTeacher, build_method,
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.pipeline.specs import (DataSpec, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec, StudentGroupSpec,
-                                 StudentSpec, SyntheticSpec, TeacherSpec, TrainingJob, parse_spec)
+from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec,
+                                 StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, TrainingJob, parse_spec)
 from mcmi.provenance import (code_fingerprint, link_or_copy, now, provenance, read_json_strict,
                              remove_stale_temporaries, save_torch_atomic, spec_fingerprint, write_json_atomic)
 from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members, measure_cmi,
@@ -194,11 +194,9 @@ def train_students(specs: list[StudentSpec | dict[str, Any]]) -> list[dict[str, 
     for spec in specs:
         _check_teacher(spec)
     if len({spec.shared_key() for spec in specs}) > 1:
-        from mcmi.pipeline.specs import SHARED_BY_GROUP
-
         differing = [k for k in SHARED_BY_GROUP if len({repr(getattr(s, k)) for s in specs}) > 1]
-        raise ValueError(f"students trained together must share {differing}; members differ: "
-                         f"{[[getattr(s, k) for k in differing] for s in specs]}")
+        raise ValueError(f"students trained together must share {', '.join(map(repr, differing))}; "
+                         f"members differ: {[[getattr(s, k) for k in differing] for s in specs]}")
     reused = [_reuse_finished(spec) for spec in specs]
     todo = [spec for spec, metrics in zip(specs, reused) if metrics is None]
     if not todo:
