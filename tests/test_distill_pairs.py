@@ -46,6 +46,7 @@ def _context(student, teacher, tmp_path, teacher_name) -> PairContext:
                        extra={"hsakd_teacher_heads": str(heads_path)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher_name, student_name", TABLE1_PAIRS, ids=[f"{t}-{s}" for t, s in TABLE1_PAIRS])
 def test_one_step_of_every_method_on_every_table1_pair(tmp_path, teacher_name, student_name):
     torch.manual_seed(0)
@@ -87,6 +88,7 @@ def demo_pair(tmp_path_factory):
     return train, test, teacher, str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_short_student_run_with_each_method_beats_the_untrained_student(demo_pair, name):
     train, test, teacher, heads_path = demo_pair

@@ -211,6 +211,7 @@ def test_heads_file_records_its_kind_and_a_mismatch_fails(tmp_path) -> None:
     ("ResNet50", "MobileNetV2", "student reference, teacher reference"),
     ("resnet110", "resnet32", "student generic, teacher generic"),
 ])
+@pytest.mark.slow
 def test_one_hsakd_step_with_reference_heads(tmp_path, teacher_name: str, student_name: str, info: str) -> None:
     torch.manual_seed(0)
     teacher, student = create_model(teacher_name, C), create_model(student_name, C)

@@ -86,6 +86,7 @@ def test_resnet_preact_is_before_the_last_relu() -> None:
         torch.testing.assert_close(F.relu(preact), stage)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
 def test_train_mode_extract_has_gradients(name: str) -> None:
     model = create_model(name, 10).train()

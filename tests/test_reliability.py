@@ -41,6 +41,7 @@ def _fit(resume: Path | None, key: str | None, stop: int | None = None, epochs: 
     return model, history
 
 
+@pytest.mark.slow
 def test_resume_checkpoint_of_another_job_spec_is_discarded(tmp_path, capsys):
     resume = tmp_path / "last.pt"
     _fit(resume, key="spec-A", stop=2)                       # killed after epoch 2 under spec A
@@ -55,6 +56,7 @@ def test_resume_checkpoint_of_another_job_spec_is_discarded(tmp_path, capsys):
     assert history[-1]["train_loss"] == fresh_history[-1]["train_loss"]
 
 
+@pytest.mark.slow
 def test_resume_checkpoint_of_the_same_spec_is_resumed(tmp_path, capsys):
     resume = tmp_path / "last.pt"
     _fit(resume, key="spec-A", stop=2)
@@ -63,6 +65,7 @@ def test_resume_checkpoint_of_the_same_spec_is_resumed(tmp_path, capsys):
     assert "resuming from" in capsys.readouterr().out and [h["epoch"] for h in history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"", b"not a torch file", None])
 def test_corrupt_resume_checkpoint_is_discarded_with_a_log_line(tmp_path, capsys, content):
     resume = tmp_path / "last.pt"

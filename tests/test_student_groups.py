@@ -55,6 +55,7 @@ def _history(spec: dict) -> list[dict]:
             for h in json.loads(Path(spec["out_metrics"]).read_text())["history"]]
 
 
+@pytest.mark.slow
 def test_every_method_trained_in_a_group_equals_it_trained_alone(tmp_path, teacher_files):
     alone = [member_spec(tmp_path / "alone", m, teacher_files) for m in METHODS]
     for spec in alone:
@@ -72,6 +73,7 @@ def test_every_method_trained_in_a_group_equals_it_trained_alone(tmp_path, teach
     assert kept.stat().st_ino == Path(group[0]["out_model"]).stat().st_ino
 
 
+@pytest.mark.slow
 def test_a_killed_group_resumes_every_member_exactly(tmp_path, teacher_files):
     methods = ["KD", "CRD", "HSAKD"]
     uninterrupted = [member_spec(tmp_path / "full", m, teacher_files, epochs=3) for m in methods]
@@ -107,6 +109,7 @@ def test_a_killed_group_resumes_every_member_exactly(tmp_path, teacher_files):
         assert _history(full) == _history(resumed)
 
 
+@pytest.mark.slow
 def test_a_diverging_member_fails_the_group_by_name_and_a_fixed_rerun_loses_nothing(tmp_path, teacher_files,
                                                                                       capsys):
     good = [member_spec(tmp_path, m, teacher_files) for m in ("KD", "CRD")]
@@ -133,6 +136,7 @@ def test_members_must_share_the_teacher_data_and_seed(tmp_path, teacher_files):
         run_stage({"stage": "student_group", "members": [a, b]})
 
 
+@pytest.mark.slow
 def test_bf16_and_channels_last_are_applied_to_students(tmp_path, teacher_files):
     fp32 = member_spec(tmp_path / "fp32", "KD", teacher_files, epochs=1)
     bf16 = member_spec(tmp_path / "bf16", "KD", teacher_files, epochs=1, precision="bf16", channels_last=True)
@@ -144,6 +148,7 @@ def test_bf16_and_channels_last_are_applied_to_students(tmp_path, teacher_files)
         run_stage(member_spec(tmp_path / "bad", "KD", teacher_files, precision="fp16"))
 
 
+@pytest.mark.slow
 def test_a_rerun_group_reuses_the_members_whose_spec_and_code_are_unchanged(tmp_path, teacher_files, capsys,
                                                                               monkeypatch):
     kd, at = (member_spec(tmp_path, m, teacher_files, epochs=1) for m in ("KD", "AT"))

@@ -77,6 +77,7 @@ def _params_of(model: nn.Sequential) -> list[torch.Tensor]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_batched_training_equals_plain_training(optimizer: str, kernel: str) -> None:
@@ -159,6 +160,7 @@ def test_kernel_choice_falls_back_only_when_allowed(monkeypatch) -> None:
         resolve_config({"kernel": "cuda"})
 
 
+@pytest.mark.slow
 def test_run_synthetic_tiny_config_writes_all_records(tmp_path) -> None:
     config = {"num_points": 1000, "epochs": 2, "mcmi_epochs": 1, "seeds": [0, 1], "hidden": 16,
               "lambda_grid": [0.1, 0.2], "threads": 1, "log_every": 1}
@@ -237,6 +239,7 @@ def test_preset_split_sizes() -> None:
     assert split_sizes(100_000, PRESETS["authors_code"]["split"]) == (5_000, 5_000, 90_000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_best_validation_selection_keeps_each_members_best_epoch(kernel: str) -> None:
     """Each member ends with exactly the weights it had after its (first) best validation epoch."""
@@ -272,6 +275,7 @@ def _tiny_run(tmp_path: Path, preset: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, split", [("as_written", "test"), ("authors_code", "train")])
 def test_pdist_is_taken_over_the_presets_split(tmp_path: Path, preset: str, split: str) -> None:
     metrics = _tiny_run(tmp_path, preset)

@@ -45,6 +45,7 @@ def _train(resume: Path | None, stop: int | None = None, seed: int = 0):
     return model, history
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     full_model, full_history = _train(None)
     resume = tmp_path / "resume" / "last.pt"
@@ -79,6 +80,7 @@ def overlapping_gaussians(n: int, seed: int) -> TensorImageDataset:
     return TensorImageDataset(images, labels, 3, (0.5,) * 3, (0.12,) * 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mcmi_finetuning_raises_cmi_on_a_tiny_problem(seed):
     """From the same MLL model and recipe, fine-tuning with -lambda*KL(P_x||Q_y) ends with a higher CMI
@@ -154,6 +156,7 @@ def test_unreadable_checkpoint_is_named(tmp_path):
         run_stage(_spec(tmp_path, stage="measure", checkpoint=str(bad)))
 
 
+@pytest.mark.slow
 def test_killed_stage_resumes_without_redoing_finished_epochs(tmp_path):
     """A real process is killed with SIGKILL mid-run; the rerun continues from its checkpoint and ends
     with the same metrics as an uninterrupted run."""
@@ -216,6 +219,7 @@ def test_local_gpu_jobs_claim_different_gpus(tmp_path, monkeypatch):
     assert train._claim_free_gpu(3) == 0                                   # all taken: share the first
 
 
+@pytest.mark.slow
 def test_student_resume_restores_the_method_state_but_does_not_store_the_teacher(tmp_path):
     """CRD's memory banks and embeddings come back on resume; the frozen teacher is not re-saved."""
     from mcmi.distill import Distillation, PairContext, build_method
