@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("MLL", "MCMI")
-# Table ids in target order: the paper's Tables 1-7, then tables beyond the paper ("1x": Table 1's
-# layout for MIMKD and ITRD).
-TABLE_IDS = ("1", "2", "3", "4", "5", "6", "7", "1x")
 
 
 # a student's metrics file: {results}/{dataset}/students/{teacher}-{student}/{method}/{variant}/{setting}/seed{seed}/
@@ -519,22 +516,20 @@ class WorkflowConfig:
         return f"--selection {self.lambda_star_file(ds, teacher)} --template {template}"
 
     # ------------------------------------------------------------------ per-target inputs
-    def _exp(self, name: str) -> dict[str, Any]:
+    def experiment(self, name: str) -> dict[str, Any]:
+        """The block ``experiments.<name>``; ConfigError when the config does not define it."""
         if name not in self.config["experiments"]:
             raise ConfigError(f"experiments.{name}: not configured, so its target cannot be built")
         return self.config["experiments"][name]
 
-    def _seeds(self, exp: dict[str, Any]) -> list[int]:
+    def seeds(self, exp: dict[str, Any]) -> list[int]:
+        """An experiment's seeds (its own ``seeds``, else the config's)."""
         return exp.get("seeds", self.config["seeds"])
 
-    def table_inputs(self, n: int | str) -> list[str]:
-        """The metrics files of table ``n`` (an id of ``TABLE_IDS``; 1 and "1" are the same)."""
-        if str(n) not in TABLE_IDS:
-            raise ConfigError(f"no table {n!r}; known: {list(TABLE_IDS)}")
-        return getattr(self, f"_table{n}_inputs")()
-
-    def _students_and_teachers(self, exp: dict[str, Any], variants: tuple[str, ...] = VARIANTS) -> list[str]:
-        ds, seeds = exp["dataset"], self._seeds(exp)
+    def students_and_teachers(self, exp: dict[str, Any], variants: tuple[str, ...] = VARIANTS) -> list[str]:
+        """Per pair of ``exp``: the teacher measured at T = 1 in each variant, and its students per method,
+        variant and seed on the full training set."""
+        ds, seeds = exp["dataset"], self.seeds(exp)
         paths = []
         for pair in exp["pairs"]:
             teacher, student = split_pair(pair)
@@ -543,82 +538,24 @@ class WorkflowConfig:
                       for m in exp["methods"] for v in variants for s in seeds]
         return paths
 
-    def _table1_inputs(self) -> list[str]:
-        exp = self._exp("table1")
-        students = sorted({split_pair(p)[1] for p in exp["pairs"]})
-        vanilla = [self.vanilla(exp["dataset"], st, s) for st in students for s in self._seeds(exp)]
-        return _unique(self._students_and_teachers(exp) + vanilla)
+    def table_inputs(self, n: int | str) -> list[str]:
+        """The metrics files of table ``n`` (an id of ``mcmi.report.TABLES``; 1 and "1" are the same)."""
+        from mcmi.report import TABLES
 
-    def _table1x_inputs(self) -> list[str]:
-        """As Table 1 (teachers measured, students with MLL and MCMI teachers, teacher-free baselines)
-        for ``experiments.table1x``."""
-        exp = self._exp("table1x")
-        students = sorted({split_pair(p)[1] for p in exp["pairs"]})
-        vanilla = [self.vanilla(exp["dataset"], st, s) for st in students for s in self._seeds(exp)]
-        return _unique(self._students_and_teachers(exp) + vanilla)
-
-    def _table2_inputs(self) -> list[str]:
-        return _unique(self._students_and_teachers(self._exp("table2")))
-
-    def _table3_inputs(self) -> list[str]:
-        exp = self._exp("table3")
-        return _unique([self.student(exp["dataset"], *split_pair(p), m, v, f"fs{lam_str(a)}", s)
-                        for p in exp["pairs"] for m in exp["methods"] for v in VARIANTS
-                        for a in exp["alpha_percent"] for s in self._seeds(exp)])
-
-    def _table4_inputs(self) -> list[str]:
-        exp = self._exp("table4")
-        paths = []
-        for pair in exp["pairs"]:
-            teacher = split_pair(pair)[0]
-            if teacher not in exp["es_epochs"]:
-                raise ConfigError(f"experiments.table4.es_epochs.{teacher}: missing")
-            variants = ("MLL", f"ES{exp['es_epochs'][teacher]}", "MCMI")
-            paths += self._students_and_teachers({**exp, "pairs": [pair]}, variants)
-        return _unique(paths)
-
-    def _table5_inputs(self) -> list[str]:
-        exp = self._exp("table5")
-        return [self.synthetic(preset, d) for preset in self.synthetic_presets for d in exp["delta_mu"]]
-
-    def _table6_inputs(self) -> list[str]:
-        exp = self._exp("table6")
-        return [self.lambda_star_file(exp["dataset"], t) for t in exp["teachers"]]
-
-    def _table7_inputs(self) -> list[str]:
-        exp = self._exp("table7")
-        variants = tuple(f"MCMI_lam{lam_str(lam)}" for lam in exp["lambdas"])
-        return _unique(self._students_and_teachers(exp, variants))
+        return TABLES[n].input_files(self)
 
     def figure_inputs(self, n: int) -> list[str]:
-        if n == 1:
-            exp = self._exp("figure1")
-            ds = exp["dataset"]
-            return _unique([path for pair in exp["pairs"] for t in exp["temperatures"] for path in
-                            [self.measure(ds, split_pair(pair)[0], "MLL", t)]
-                            + [self.student(ds, *split_pair(pair), "KD", "MLL", f"T{lam_str(t)}", s)
-                               for s in self._seeds(exp)]])
-        if n == 2:
-            exp = self._exp("figure2")
-            return [self.teacher_metrics(exp["dataset"], t, "MLL") for t in exp["teachers"]]
-        if n == 4:
-            exp = self._exp("figure4")
-            mcmi = f"MCMI_lam{lam_str(exp['lam'])}" if "lam" in exp else "MCMI"
-            return _unique([self.student(exp["dataset"], *split_pair(p), m, v, "zs", s)
-                            for p in exp["pairs"] for m in exp["methods"] for v in ("MLL", mcmi)
-                            for s in self._seeds(exp)])
-        raise ConfigError(f"no figure {n}")
+        """The metrics files of figure ``n`` (an id of ``mcmi.report.FIGURES``)."""
+        from mcmi.report import FIGURES
+
+        return FIGURES[n].input_files(self)
 
     def targets(self) -> dict[str, list[str]]:
-        """Each named target (table1..7, table1x, figure1/2/4) that the config defines, with its outputs."""
-        out = {}
-        for n in TABLE_IDS:
-            if f"table{n}" in self.config["experiments"]:
-                out[f"table{n}"] = [f"{self.results}/tables/table{n}.{ext}" for ext in ("md", "tex", "csv")]
-        for n in (1, 2, 4):
-            if f"figure{n}" in self.config["experiments"]:
-                out[f"figure{n}"] = [f"{self.results}/figures/figure{n}.{ext}" for ext in ("pdf", "png")]
-        return out
+        """Each named target (a table or figure of ``mcmi.report``) that the config defines, with its outputs."""
+        from mcmi.report import all_targets
+
+        return {spec.target: spec.outputs(self.results) for spec in all_targets()
+                if spec.target in self.config["experiments"]}
 
     # ------------------------------------------------------------------ resources
     def mem_mb(self, ds: str) -> int:
@@ -636,7 +573,3 @@ class WorkflowConfig:
     def _wall_minutes(ds: str, epochs: int) -> int:
         """Twice a generous per-epoch time (ImageNet 40 min, otherwise 1 min), at least 10 minutes."""
         return int(max(10, 2 * {"imagenet": 40}.get(ds, 1.0) * epochs))
-
-
-def _unique(paths: list[str]) -> list[str]:
-    return list(dict.fromkeys(paths))
