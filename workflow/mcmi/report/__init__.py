@@ -1,6 +1,6 @@
 """Tables and figures from metrics JSON files, each beside the paper's published numbers.
 
-Every table and figure is one declaration (``TableSpec`` in ``report/tables/<id>.py``, ``FigureSpec`` in
+Every table and figure is one declaration (``TableSpec`` in ``report/tables/table<id>.py``, ``FigureSpec`` in
 ``report/figures.py``) in an ordered registry (``TABLES``, ``FIGURES``). The CLI (``mcmi table``,
 ``mcmi figure``) and the workflow (targets and their inputs) take ids from these registries only.
 """

@@ -92,8 +92,8 @@ def _ordering_lines(df: pd.DataFrame) -> dict[str, list[str]]:
 
     return {
         _section(row.preset, row.delta_mu): [
-            f"{row.preset}, Δμ = {row.delta_mu}: accuracy P* ≥ MCMI ≥ MLL ≥ one-hot {verdict(row.acc_holds)} in our run "
-            f"(ours: {values(row.acc_means)}); Pdist MCMI < MLL {verdict(row.pdist_holds)} "
+            f"{row.preset}, Δμ = {row.delta_mu}: accuracy P* ≥ MCMI ≥ MLL ≥ one-hot {verdict(row.acc_holds)} "
+            f"in our run (ours: {values(row.acc_means)}); Pdist MCMI < MLL {verdict(row.pdist_holds)} "
             f"(ours: {values(row.pdist_means)})."
         ]
         for row in orderings(df).itertuples()
