@@ -1,4 +1,4 @@
-"""Tests of mcmi.figures on small synthetic metrics files (all numbers are fake test fixtures)."""
+"""Tests of the figures of mcmi.report on small synthetic metrics files (all numbers are fake test fixtures)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mcmi.figures import lr_decay_epochs, make_figure, row_normalise
+from mcmi.report.figures import lr_decay_epochs, make_figure, row_normalise
 
 
 def write_metrics(directory: Path, name: str, run: dict[str, Any], final: dict[str, Any],

@@ -130,7 +130,7 @@ def test_metrics_json_is_strict_and_the_table_builder_refuses_nonfinite(tmp_path
         write_json_atomic(path, {"run": {"stage": "teacher"}, "final": {"test_acc": float("nan")}})
     assert not path.exists()
     path.write_text('{"run": {"stage": "measure"}, "final": {"test_acc": NaN}}')   # e.g. written by hand
-    from mcmi.tables import load_metrics
+    from mcmi.report import load_metrics
 
     with pytest.raises(NonFiniteValueError, match=r"m\.json"):
         load_metrics([path])

@@ -1,4 +1,4 @@
-"""Tests of mcmi.tables on small synthetic metrics files (all numbers are fake test fixtures)."""
+"""Tests of the tables of mcmi.report on small synthetic metrics files (all numbers are fake test fixtures)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mcmi.tables import DASH, GAIN, NO_PAPER, NOT_RUN, OK, build_table, make_table, table5_orderings
+from mcmi.report import build_table, make_table
+from mcmi.report.cells import GAIN, NO_PAPER, NOT_RUN, OK
+from mcmi.report.render import DASH
+from mcmi.report.tables.table5 import orderings as table5_orderings
 
 PAPER_DIR = str(Path(__file__).resolve().parents[1] / "config" / "paper")
 

@@ -70,13 +70,13 @@ def _cmd_adopt_teacher(args: argparse.Namespace) -> None:
 
 
 def _cmd_table(args: argparse.Namespace) -> None:
-    from mcmi.tables import make_table
+    from mcmi.report import make_table
 
     make_table(args.number, args.metrics, args.paper_dir, args.out)
 
 
 def _cmd_figure(args: argparse.Namespace) -> None:
-    from mcmi.figures import make_figure
+    from mcmi.report import make_figure
 
     make_figure(args.number, args.metrics, args.out)
 
@@ -88,7 +88,13 @@ def _cmd_paper_check(args: argparse.Namespace) -> None:
     print(df.to_string(index=False))
 
 
-def build_parser() -> argparse.ArgumentParser:
+REPORT_COMMANDS = ("table", "figure")
+
+
+def build_parser(report_ids: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command. With ``report_ids`` the table and figure commands list the ids of
+    mcmi.report's registries; main leaves that out for other commands, which then start without
+    importing the report code (pandas)."""
     parser = argparse.ArgumentParser(prog="mcmi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,10 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-metrics", required=True)
     p.set_defaults(func=_cmd_adopt_teacher)
 
-    for name, func in (("table", _cmd_table), ("figure", _cmd_figure)):
+    ids = {"table": "", "figure": ""}
+    if report_ids:
+        from mcmi.report import FIGURES, TABLES
+
+        ids = {registry.kind: ": " + ", ".join(map(str, registry.ids)) for registry in (TABLES, FIGURES)}
+    for name, func, id_type in (("table", _cmd_table, str), ("figure", _cmd_figure, int)):
         p = sub.add_parser(name, help=f"aggregate metrics files into a {name}")
-        p.add_argument("number", type=str if name == "table" else int,
-                       help="table id (1..7, 1x)" if name == "table" else "figure number")
+        p.add_argument("number", type=id_type, help=f"{name} id{ids[name]}")
         p.add_argument("--out", required=True, help="output prefix (extensions are added)")
         if name == "table":
             p.add_argument("--paper-dir", default="config/paper")
@@ -171,7 +181,8 @@ def _add_hand_runs(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(report_ids=bool(argv) and argv[0] in REPORT_COMMANDS).parse_args(argv)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -14,7 +14,7 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -152,6 +152,16 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         field = find_non_finite(json.loads(json.dumps(obj, default=_jsonable)))
         raise NonFiniteValueError(f"{path}: refusing to write a non-finite number at {field}") from None
     _atomic(path, lambda h: h.write(text.encode()))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8 through a temporary file and a rename."""
+    _atomic(path, lambda h: h.write(text.encode()))
+
+
+def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Let ``write(handle)`` fill a temporary file beside ``path``, then rename it to ``path``."""
+    _atomic(path, write)
 
 
 def _refuse_constant(name: str) -> float:

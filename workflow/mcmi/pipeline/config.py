@@ -19,13 +19,13 @@ class ConfigError(ValueError):
     """A config value that the pipeline cannot use; the message names the key."""
 
 
-def with_defaults(config: dict[str, Any], schema_path: Path = SCHEMA) -> dict[str, Any]:
+def with_defaults(config: dict[str, Any], schema_path: Path | None = None) -> dict[str, Any]:
     """``config`` validated against the schema, with every ``default`` of the schema filled in
     (in place, as Snakemake's ``validate`` does, so the rules and the code see one config)."""
     import jsonschema
     from jsonschema import validators
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = yaml.safe_load(Path(schema_path or SCHEMA).read_text())
     base = jsonschema.Draft202012Validator
     fill_properties = base.VALIDATORS["properties"]
 

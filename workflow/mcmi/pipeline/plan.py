@@ -10,16 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from mcmi.pipeline.config import ConfigError, check_config, with_defaults
-from mcmi.pipeline.naming import (MCMI, MLL, VARIANTS, Setting, Variant, early_stop_variant, few_shot_setting,
-                                  grid_variant, number_text, split_pair, temperature_setting)
+from mcmi.pipeline.naming import MCMI, MLL, VARIANTS, Setting, Variant, grid_variant, number_text, split_pair
 from mcmi.pipeline.paths import Paths
 from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, MCMISpec, MeasureSpec, StudentGroupSpec,
                                  StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
-
-# Table ids in target order: the paper's Tables 1-7, then tables beyond the paper ("1x": Table 1's
-# layout for MIMKD and ITRD).
-TABLE_IDS = ("1", "2", "3", "4", "5", "6", "7", "1x")
-
 
 @dataclass(frozen=True, order=True)
 class StudentCell:
@@ -255,11 +249,6 @@ class WorkflowConfig:
     def _target_inputs(self) -> list[list[str]]:
         return [self.target_inputs(target) for target in self.targets()]
 
-    def target_inputs(self, target: str) -> list[str]:
-        """The input files of a named target ('table3', 'table1x', 'figure2', ...)."""
-        kind, number = re.fullmatch(r"(table|figure)(\w+)", target).groups()
-        return self.table_inputs(number) if kind == "table" else self.figure_inputs(int(number))
-
     def _cell(self, path: str) -> StudentCell | None:
         m = self.paths.parse("student_metrics", path)
         if m is None:
@@ -371,12 +360,6 @@ class WorkflowConfig:
         """An experiment's seeds, else the config's top-level ``seeds``."""
         return exp.get("seeds", self.config["seeds"])
 
-    def table_inputs(self, n: int | str) -> list[str]:
-        """The metrics files of table ``n`` (an id of ``TABLE_IDS``; 1 and "1" are the same)."""
-        if str(n) not in TABLE_IDS:
-            raise ConfigError(f"no table {n!r}; known: {list(TABLE_IDS)}")
-        return getattr(self, f"_table{n}_inputs")()
-
     def students_and_teachers(self, exp: dict[str, Any], variants: tuple[str, ...] = VARIANTS) -> list[str]:
         """Each pair's teacher measurements and its students of every method, variant and seed."""
         ds, seeds = exp["dataset"], self.seeds(exp)
@@ -388,81 +371,33 @@ class WorkflowConfig:
                       for m in exp["methods"] for v in variants for s in seeds]
         return paths
 
-    def _table1_inputs(self) -> list[str]:
-        exp = self.experiment("table1")
-        students = sorted({split_pair(p)[1] for p in exp["pairs"]})
-        vanilla = [self.vanilla(exp["dataset"], st, s) for st in students for s in self.seeds(exp)]
-        return _unique(self.students_and_teachers(exp) + vanilla)
+    def table_inputs(self, n: int | str) -> list[str]:
+        """The metrics files of table ``n`` (an id of ``mcmi.report.TABLES``; 1 and "1" are the same)."""
+        from mcmi.report import TABLES
 
-    def _table1x_inputs(self) -> list[str]:
-        """As Table 1 (teachers measured, students with MLL and MCMI teachers, teacher-free baselines)
-        for ``experiments.table1x``."""
-        exp = self.experiment("table1x")
-        students = sorted({split_pair(p)[1] for p in exp["pairs"]})
-        vanilla = [self.vanilla(exp["dataset"], st, s) for st in students for s in self.seeds(exp)]
-        return _unique(self.students_and_teachers(exp) + vanilla)
+        return TABLES[n].input_files(self)
 
-    def _table2_inputs(self) -> list[str]:
-        return _unique(self.students_and_teachers(self.experiment("table2")))
+    def figure_inputs(self, n: int | str) -> list[str]:
+        """The metrics files of figure ``n`` (an id of ``mcmi.report.FIGURES``)."""
+        from mcmi.report import FIGURES
 
-    def _table3_inputs(self) -> list[str]:
-        exp = self.experiment("table3")
-        return _unique([self.student(exp["dataset"], *split_pair(p), m, v, few_shot_setting(a), s)
-                        for p in exp["pairs"] for m in exp["methods"] for v in VARIANTS
-                        for a in exp["alpha_percent"] for s in self.seeds(exp)])
-
-    def _table4_inputs(self) -> list[str]:
-        exp = self.experiment("table4")
-        paths = []
-        for pair in exp["pairs"]:
-            teacher = split_pair(pair)[0]
-            if teacher not in exp["es_epochs"]:
-                raise ConfigError(f"experiments.table4.es_epochs.{teacher}: missing")
-            variants = (MLL, early_stop_variant(exp["es_epochs"][teacher]), MCMI)
-            paths += self.students_and_teachers({**exp, "pairs": [pair]}, variants)
-        return _unique(paths)
-
-    def _table5_inputs(self) -> list[str]:
-        exp = self.experiment("table5")
-        return [self.synthetic(preset, d) for preset in self.synthetic_presets for d in exp["delta_mu"]]
-
-    def _table6_inputs(self) -> list[str]:
-        exp = self.experiment("table6")
-        return [self.lambda_star_file(exp["dataset"], t) for t in exp["teachers"]]
-
-    def _table7_inputs(self) -> list[str]:
-        exp = self.experiment("table7")
-        return _unique(self.students_and_teachers(exp, tuple(grid_variant(lam) for lam in exp["lambdas"])))
-
-    def figure_inputs(self, n: int) -> list[str]:
-        if n == 1:
-            exp = self.experiment("figure1")
-            ds = exp["dataset"]
-            return _unique([path for pair in exp["pairs"] for t in exp["temperatures"] for path in
-                            [self.measure(ds, split_pair(pair)[0], MLL, t)]
-                            + [self.student(ds, *split_pair(pair), "KD", MLL, temperature_setting(t), s)
-                               for s in self.seeds(exp)]])
-        if n == 2:
-            exp = self.experiment("figure2")
-            return [self.teacher_metrics(exp["dataset"], t, MLL) for t in exp["teachers"]]
-        if n == 4:
-            exp = self.experiment("figure4")
-            mcmi = grid_variant(exp["lam"]) if "lam" in exp else MCMI
-            return _unique([self.student(exp["dataset"], *split_pair(p), m, v, "zs", s)
-                            for p in exp["pairs"] for m in exp["methods"] for v in (MLL, mcmi)
-                            for s in self.seeds(exp)])
-        raise ConfigError(f"no figure {n}")
+        return FIGURES[n].input_files(self)
 
     def targets(self) -> dict[str, list[str]]:
-        """Each named target (table1..7, table1x, figure1/2/4) that the config defines, with its outputs."""
-        out = {}
-        for n in TABLE_IDS:
-            if f"table{n}" in self.config["experiments"]:
-                out[f"table{n}"] = [self.paths.path("table", n=n, ext=ext) for ext in ("md", "tex", "csv")]
-        for n in (1, 2, 4):
-            if f"figure{n}" in self.config["experiments"]:
-                out[f"figure{n}"] = [self.paths.path("figure", n=n, ext=ext) for ext in ("pdf", "png")]
-        return out
+        """Each named target (a table or figure of ``mcmi.report``) that the config defines, with its outputs."""
+        from mcmi.report import all_targets
+
+        return {spec.target: spec.outputs(self.results) for spec in all_targets()
+                if spec.target in self.config["experiments"]}
+
+    def target_inputs(self, target: str) -> list[str]:
+        """The input files of a named target ('table3', 'table1x', 'figure2', ...)."""
+        from mcmi.report import all_targets
+
+        specs = {spec.target: spec for spec in all_targets()}
+        if target not in specs:
+            raise ConfigError(f"no target {target!r}; known: {list(specs)}")
+        return specs[target].input_files(self)
 
     # ------------------------------------------------------------------ resources
     def mem_mb(self, ds: str) -> int:
@@ -480,6 +415,3 @@ class WorkflowConfig:
         """Twice a generous per-epoch time (ImageNet 40 min, otherwise 1 min), at least 10 minutes."""
         return int(max(10, 2 * {"imagenet": 40}.get(ds, 1.0) * epochs))
 
-
-def _unique(paths: list[str]) -> list[str]:
-    return list(dict.fromkeys(paths))

@@ -1,37 +1,57 @@
-"""Figures from metrics JSON: Figure 1 (temperature sweep), Figure 2 (CMI/LL during training), confusions."""
+"""The figures, in target order: Figure 1 (temperature sweep), Figure 2 (CMI/LL during training) and
+Figure 4 (zero-shot students' confusion matrices), each one ``FigureSpec``.
+
+matplotlib and seaborn are imported when a figure is drawn, not when the registry is read (the
+workflow reads it to list targets).
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from mcmi.provenance import write_file_atomic
+from mcmi.report.records import MetricsRecord, load_metrics, of_stage
+from mcmi.report.spec import ConfigView, Experiment, FigureSpec, Registry
+from mcmi.pipeline.naming import grid_variant, split_pair, temperature_setting
 
-from mcmi.tables import MetricsRecord, load_metrics, of_stage  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
-PALETTE = sns.color_palette("colorblind")
 LR_DECAY_RATIO = 0.5  # a drop to at most half of a constant lr counts as a step decay
 DPI = 300
+
+
+@functools.cache
+def _plotting() -> tuple[Any, Any, list]:
+    """pyplot (Agg backend), seaborn and the colour-blind palette, imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    return plt, sns, sns.color_palette("colorblind")
 
 
 @contextmanager
 def _style() -> Iterator[None]:
     """Seaborn whitegrid in print-sized fonts, limited to one figure."""
+    _, sns, _ = _plotting()
     with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.1):
         yield
 
 
 def _grid(n_panels: int, ncols: int = 3, size: tuple[float, float] = (4.0, 3.0)) -> tuple[plt.Figure, list]:
+    plt, _, _ = _plotting()
     ncols = min(ncols, n_panels)
     nrows = math.ceil(n_panels / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
@@ -42,10 +62,11 @@ def _grid(n_panels: int, ncols: int = 3, size: tuple[float, float] = (4.0, 3.0))
 
 
 def _save(fig: plt.Figure, out_prefix: str) -> None:
-    Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
+    """``{prefix}.pdf`` and ``{prefix}.png``, each written whole or not at all."""
+    plt, _, _ = _plotting()
     fig.tight_layout()
-    fig.savefig(f"{out_prefix}.pdf")
-    fig.savefig(f"{out_prefix}.png", dpi=DPI)
+    for ext, options in (("pdf", {}), ("png", {"dpi": DPI})):
+        write_file_atomic(Path(f"{out_prefix}.{ext}"), lambda handle: fig.savefig(handle, format=ext, **options))
     plt.close(fig)
 
 
@@ -54,6 +75,14 @@ def _pair_label(teacher: str, student: str) -> str:
 
 
 # ------------------------------------------------------------------------ Figure 1: temperature sweep
+def _temperature_inputs(w: ConfigView, exp: Experiment) -> list[str]:
+    """Per pair and temperature: the MLL teacher measured at T, and its KD students trained at T."""
+    ds = exp["dataset"]
+    return [path for pair in exp["pairs"] for t in exp["temperatures"] for path in
+            [w.measure(ds, split_pair(pair)[0], "MLL", t)]
+            + [w.student(ds, *split_pair(pair), "KD", "MLL", temperature_setting(t), s) for s in w.seeds(exp)]]
+
+
 def _temperature_frames(records: list[MetricsRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """KD student accuracy per (pair, variant, T, seed) and teacher CMI per (teacher, variant, T)."""
     students = pd.DataFrame([
@@ -70,11 +99,12 @@ def _temperature_frames(records: list[MetricsRecord]) -> tuple[pd.DataFrame, pd.
     return students, teachers
 
 
-def _figure_temperature(records: list[MetricsRecord], out_prefix: str) -> None:
+def _draw_temperature(records: list[MetricsRecord], out_prefix: str) -> None:
     """Per pair: student accuracy (mean ± std over seeds, left axis) and teacher CMI (right axis) vs T."""
     students, teachers = _temperature_frames(records)
     if students.empty:
         raise ValueError("figure 1: no KD student runs with a temperature among the metrics files")
+    _, _, palette = _plotting()
     pairs = list(dict.fromkeys(zip(students["teacher"], students["student"])))
     with _style():
         fig, axes = _grid(len(pairs))
@@ -84,12 +114,12 @@ def _figure_temperature(records: list[MetricsRecord], out_prefix: str) -> None:
             runs = students[(students["teacher"] == teacher) & (students["student"] == student)]
             for i, (variant, part) in enumerate(runs.groupby("variant", sort=True)):
                 stats = part.groupby("T")["acc"].agg(["mean", "std"]).reset_index()
-                ax.errorbar(stats["T"], stats["mean"], yerr=stats["std"].fillna(0.0), color=PALETTE[i], marker="o",
+                ax.errorbar(stats["T"], stats["mean"], yerr=stats["std"].fillna(0.0), color=palette[i], marker="o",
                             capsize=3, label=f"student acc ({variant} teacher)")
                 cmi = teachers[(teachers["teacher"] == teacher) & (teachers["variant"] == variant)]
                 if not cmi.empty:
                     curve = cmi.groupby("T")["cmi"].mean()
-                    cmi_ax.plot(curve.index, curve.values, color=PALETTE[i + 3], marker="s", linestyle="--",
+                    cmi_ax.plot(curve.index, curve.values, color=palette[i + 3], marker="s", linestyle="--",
                                 label=f"teacher CMI ({variant})")
             ax.set_title(_pair_label(teacher, student))
             ax.set_xlabel("Temperature T (teacher and student)")
@@ -102,6 +132,11 @@ def _figure_temperature(records: list[MetricsRecord], out_prefix: str) -> None:
 
 
 # ------------------------------------------------------------------- Figure 2: CMI/LL during training
+def _training_inputs(w: ConfigView, exp: Experiment) -> list[str]:
+    """The MLL training runs of ``teachers`` (their per-epoch history)."""
+    return [w.teacher_metrics(exp["dataset"], t, "MLL") for t in exp["teachers"]]
+
+
 def _history_frame(record: MetricsRecord) -> pd.DataFrame:
     """Per-epoch train_cmi, train_ll and lr of one teacher run; ValueError when neither curve is present."""
     history = record.history
@@ -125,14 +160,15 @@ def lr_decay_epochs(history: pd.DataFrame) -> list[int]:
     return [int(e) for e in lr.loc[steps, "epoch"]]
 
 
-def _figure_training_curves(records: list[MetricsRecord], out_prefix: str) -> None:
+def _draw_training_curves(records: list[MetricsRecord], out_prefix: str) -> None:
     """Per MLL teacher: train CMI (top) and train LL (bottom) per epoch, mean ± std over seeds, lr decays."""
     runs: dict[str, list[pd.DataFrame]] = defaultdict(list)
     for record in of_stage(records, "teacher"):
         runs[record.need("run", "teacher")].append(_history_frame(record))
     if not runs:
         raise ValueError("figure 2: no teacher runs among the metrics files")
-    rows = (("train_cmi", "Train CMI (nats)", PALETTE[0]), ("train_ll", "Train LL (nats)", PALETTE[1]))
+    plt, _, palette = _plotting()
+    rows = (("train_cmi", "Train CMI (nats)", palette[0]), ("train_ll", "Train LL (nats)", palette[1]))
     with _style():
         fig, axes = plt.subplots(2, len(runs), figsize=(4.5 * len(runs), 5.5), squeeze=False, sharex="col")
         for col, (teacher, frames) in enumerate(runs.items()):
@@ -153,14 +189,22 @@ def _figure_training_curves(records: list[MetricsRecord], out_prefix: str) -> No
         _save(fig, out_prefix)
 
 
-# ------------------------------------------------------------------------ zero-shot confusion matrices
+# ------------------------------------------------------------------------ Figure 4: zero-shot confusion
+def _zero_shot_inputs(w: ConfigView, exp: Experiment) -> list[str]:
+    """Students trained without ``removed_classes`` ('zs'), with the MLL and the MCMI teacher (the one at
+    ``lam`` when given, else the λ* one)."""
+    mcmi = grid_variant(exp["lam"]) if "lam" in exp else "MCMI"
+    return [w.student(exp["dataset"], *split_pair(p), m, v, "zs", s)
+            for p in exp["pairs"] for m in exp["methods"] for v in ("MLL", mcmi) for s in w.seeds(exp)]
+
+
 def row_normalise(confusion: np.ndarray) -> np.ndarray:
     """Each row (true class) divided by its count; empty rows stay zero."""
     totals = confusion.sum(axis=1, keepdims=True)
     return np.divide(confusion, totals, out=np.zeros_like(confusion, dtype=float), where=totals > 0)
 
 
-def _figure_confusion(records: list[MetricsRecord], out_prefix: str) -> None:
+def _draw_confusion(records: list[MetricsRecord], out_prefix: str) -> None:
     """Per zero-shot student (counts summed over seeds): row-normalised confusion heatmap, removed classes marked."""
     groups: dict[tuple[str, ...], dict] = {}
     for record in records:
@@ -176,6 +220,9 @@ def _figure_confusion(records: list[MetricsRecord], out_prefix: str) -> None:
         group["runs"] += 1
     if not groups:
         raise ValueError("confusion figure: no metrics file has 'final.confusion'")
+    from matplotlib.patches import Rectangle
+
+    _, sns, _ = _plotting()
     with _style():
         fig, axes = _grid(len(groups), ncols=2, size=(5.0, 4.5))
         for ax, ((teacher, student, variant, method), group) in zip(axes, groups.items()):
@@ -201,15 +248,17 @@ def _figure_confusion(records: list[MetricsRecord], out_prefix: str) -> None:
         _save(fig, out_prefix)
 
 
-FIGURES: dict[int, Callable[[list[MetricsRecord], str], None]] = {
-    1: _figure_temperature,        # teacher CMI vs student accuracy over the temperature
-    2: _figure_training_curves,    # CMI and LL per epoch of MLL training
-    4: _figure_confusion,          # zero-shot students' confusion matrices
-}
+# --------------------------------------------------------------------------------------- the registry
+FIGURES: Registry[FigureSpec] = Registry("figure", [
+    FigureSpec(1, "Teacher CMI vs KD student accuracy over the temperature T.",
+               inputs=_temperature_inputs, draw=_draw_temperature),
+    FigureSpec(2, "Train CMI and LL per epoch of MLL teacher training, with the lr decays.",
+               inputs=_training_inputs, draw=_draw_training_curves),
+    FigureSpec(4, "Row-normalised confusion matrices of zero-shot students (classes removed from training).",
+               inputs=_zero_shot_inputs, draw=_draw_confusion),
+], normalise=int)
 
 
-def make_figure(n: int, metrics_paths: list[str], out_prefix: str) -> None:
-    """Write Figure ``n`` (any of ``FIGURES``) as ``{prefix}.pdf`` and ``{prefix}.png``."""
-    if n not in FIGURES:
-        raise ValueError(f"no figure {n}; known figures: {sorted(FIGURES)}")
-    FIGURES[n](load_metrics(metrics_paths), out_prefix)
+def make_figure(n: int, metrics_paths: list[str | Path], out_prefix: str | Path) -> None:
+    """Write Figure ``n`` (an id of ``FIGURES``) as ``{prefix}.pdf`` and ``{prefix}.png``."""
+    FIGURES[n].draw(load_metrics(metrics_paths), str(out_prefix))

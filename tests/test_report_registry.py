@@ -1,0 +1,151 @@
+"""The registries of mcmi.report are the one place the CLI and the workflow take tables and figures from."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mcmi.pipeline.config
+import mcmi.report
+import mcmi.report.tables
+from mcmi.cli import main
+from mcmi.report import FIGURES, TABLES, Registry, TableSpec, all_targets, build_table, make_table
+from mcmi.pipeline import ConfigError, WorkflowConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_DIR = REPO / "config" / "paper"
+
+
+@pytest.fixture(scope="module")
+def test_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+
+
+def _help(kind: str, capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit):
+        main([kind, "--help"])
+    return capsys.readouterr().out
+
+
+def test_ids_in_target_order() -> None:
+    assert TABLES.ids == ["1", "2", "3", "4", "5", "6", "7", "1x"]
+    assert FIGURES.ids == [1, 2, 4]
+    assert [spec.target for spec in all_targets()] == [*(f"table{n}" for n in TABLES.ids),
+                                                      *(f"figure{n}" for n in FIGURES.ids)]
+
+
+def test_cli_help_and_workflow_targets_list_every_declaration(test_config: dict, capsys) -> None:
+    assert f"table id: {', '.join(TABLES.ids)}" in _help("table", capsys)
+    assert "figure id: 1, 2, 4" in _help("figure", capsys)
+    w = WorkflowConfig(copy.deepcopy(test_config), REPO)
+    assert list(w.targets()) == [spec.target for spec in all_targets()]     # test.yaml configures all
+    assert w.targets()["table1x"] == [f"{w.results}/tables/table1x.{ext}" for ext in ("md", "tex", "csv")]
+    assert w.targets()["figure4"] == [f"{w.results}/figures/figure4.{ext}" for ext in ("pdf", "png")]
+
+
+def test_an_unconfigured_experiment_has_no_target_and_its_inputs_name_the_key(test_config: dict) -> None:
+    config = copy.deepcopy(test_config)
+    del config["experiments"]["table3"], config["experiments"]["figure2"]
+    w = WorkflowConfig(config, REPO)
+    assert "table3" not in w.targets() and "figure2" not in w.targets() and "table4" in w.targets()
+    with pytest.raises(ConfigError, match=r"experiments\.table3: not configured"):
+        w.table_inputs(3)
+    with pytest.raises(ValueError, match=r"no table 8; known tables: \['1', '2', '3', '4', '5', '6', '7', '1x'\]"):
+        w.table_inputs(8)
+
+
+def test_inputs_of_each_declaration_on_a_small_config(test_config: dict) -> None:
+    """Paths worked out by hand from the experiment blocks below (results = 'r')."""
+    config = copy.deepcopy(test_config)
+    config["results"] = "r"
+    exp = {"dataset": "digits", "pairs": ["resnet14->resnet8"], "methods": ["KD"], "seeds": [0]}
+    config["experiments"] = {
+        "table1": exp, "table2": {**exp, "methods": ["KD", "CRD"]},
+        "table3": {**exp, "alpha_percent": [5, 12.5]},
+        "table4": {**exp, "es_epochs": {"resnet14": 1}}, "table5": {"delta_mu": [1, 0.5]},
+        "table6": {"dataset": "digits", "teachers": ["resnet14", "resnet8"]}, "table7": {**exp, "lambdas": [0, 0.25]},
+        "figure1": {**exp, "temperatures": [1, 4]}, "figure2": {"dataset": "digits", "teachers": ["resnet14"]},
+        "figure4": {**exp, "lam": 0.1, "removed_classes": [3]},
+    }
+    w = WorkflowConfig(config, REPO)
+    student = "r/digits/students/resnet14-resnet8/KD/{}/{}/seed0/metrics.json".format
+    measure = "r/digits/measure/resnet14/{}/T{}.json".format
+    assert w.table_inputs(1) == [measure("MLL", 1), measure("MCMI", 1), student("MLL", "full"),
+                                 student("MCMI", "full"), "r/digits/students/vanilla/resnet8/seed0/metrics.json"]
+    assert w.table_inputs("2")[2:] == [student("MLL", "full"), student("MCMI", "full"),
+                                       student("MLL", "full").replace("/KD/", "/CRD/"),
+                                       student("MCMI", "full").replace("/KD/", "/CRD/")]
+    assert w.table_inputs(3) == [student("MLL", "fs5"), student("MLL", "fs12.5"), student("MCMI", "fs5"),
+                                 student("MCMI", "fs12.5")]
+    assert w.table_inputs(4) == [measure("MLL", 1), measure("ES1", 1), measure("MCMI", 1), student("MLL", "full"),
+                                 student("ES1", "full"), student("MCMI", "full")]
+    assert w.table_inputs(5) == [f"r/synthetic/as_written/dmu{d}.json" for d in ("1", "0.5")]
+    assert w.table_inputs(6) == ["r/digits/teachers/resnet14/lambda_star.json",
+                                 "r/digits/teachers/resnet8/lambda_star.json"]
+    assert w.table_inputs(7) == [measure("MCMI_lam0", 1), measure("MCMI_lam0.25", 1), student("MCMI_lam0", "full"),
+                                 student("MCMI_lam0.25", "full")]
+    assert w.figure_inputs(1) == [measure("MLL", 1), student("MLL", "T1"), measure("MLL", 4), student("MLL", "T4")]
+    assert w.figure_inputs(2) == ["r/digits/teachers/resnet14/MLL/metrics.json"]
+    assert w.figure_inputs(4) == [student("MLL", "zs"), student("MCMI_lam0.1", "zs")]
+    config["experiments"]["table4"]["es_epochs"] = {}
+    with pytest.raises(ConfigError, match=r"experiments\.table4\.es_epochs\.resnet14: missing"):
+        WorkflowConfig(config, REPO).table_inputs(4)
+
+
+def test_every_declaration_names_paper_files_that_exist() -> None:
+    for spec in TABLES:
+        assert spec.paper_files, spec.id
+        for name in spec.paper_files:
+            assert (PAPER_DIR / name).is_file(), (spec.id, name)
+        assert spec.cites.startswith(spec.paper_files[0]), spec.id
+        assert spec.title.startswith(f"Table {spec.id}") and spec.caption
+
+
+def test_a_registry_refuses_an_id_declared_twice() -> None:
+    with pytest.raises(ValueError, match="table 3 is declared twice"):
+        Registry("table", [*TABLES, TABLES["3"]], normalise=str)
+
+
+def test_a_new_declaration_reaches_the_cli_the_workflow_and_make_table(test_config: dict, tmp_path: Path,
+                                                                       monkeypatch, capsys) -> None:
+    """Adding a table is one declaration in the registry (and its experiment block in the schema)."""
+    few_shot = TABLES["3"]
+    extra = TableSpec(id="9", title="Table 9", caption="Few-shot students again.", paper_files=("table3.csv",),
+                      paper_dataset="cifar100",
+                      inputs=lambda w, exp: [w.student(exp["dataset"], "resnet14", "resnet8", "KD", "MLL", "fs5", 0)],
+                      build=few_shot.build, layout=few_shot.layout)
+    registry = Registry("table", [*TABLES, extra], normalise=str)
+    monkeypatch.setattr(mcmi.report, "TABLES", registry)
+    monkeypatch.setattr(mcmi.report.tables, "TABLES", registry)
+
+    assert "table id: 1, 2, 3, 4, 5, 6, 7, 1x, 9" in _help("table", capsys)
+    schema = yaml.safe_load(mcmi.pipeline.config.SCHEMA.read_text())    # its experiment block, in the schema
+    schema["properties"]["experiments"]["properties"]["table9"] = {"type": "object"}
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
+    monkeypatch.setattr(mcmi.pipeline.config, "SCHEMA", tmp_path / "schema.yaml")
+    config = copy.deepcopy(test_config)
+    config["experiments"]["table9"] = {"dataset": "digits"}
+    w = WorkflowConfig(config, REPO)
+    assert list(w.targets())[len(TABLES)] == "table9"
+    assert w.table_inputs(9) == [f"{w.results}/digits/students/resnet14-resnet8/KD/MLL/fs5/seed0/metrics.json"]
+
+    metrics = tmp_path / "fs.json"
+    metrics.write_text(json.dumps({"run": {"stage": "student", "dataset": "cifar100", "teacher": "resnet56",
+                                           "student": "resnet20", "method": "KD", "variant": "MLL",
+                                           "alpha_percent": 5}, "final": {"test_acc": 50.0}}))
+    assert main(["table", "--paper-dir", str(PAPER_DIR), "--out", str(tmp_path / "t9"), "9", str(metrics)]) == 0
+    assert (tmp_path / "t9.md").read_text().startswith("# Table 9\n\nFew-shot students again.")
+    assert build_table(9, [metrics], str(PAPER_DIR))["table"].eq("9").all()
+
+
+def test_unknown_ids_are_refused_naming_the_known_ones(tmp_path: Path, capsys) -> None:
+    assert main(["table", "8", "--out", str(tmp_path / "t")]) == 2
+    assert "no table 8; known tables: ['1', '2', '3', '4', '5', '6', '7', '1x']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no figure 3"):
+        mcmi.report.make_figure(3, [], str(tmp_path / "f"))
+    with pytest.raises(ValueError, match="no table 8"):
+        make_table(8, [], str(PAPER_DIR), str(tmp_path / "t"))

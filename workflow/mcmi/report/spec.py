@@ -1,0 +1,140 @@
+"""What a table or a figure is: one declaration (``TableSpec``, ``FigureSpec``) in an ordered ``Registry``.
+
+A declaration says which metrics files it needs (a function of the workflow's config, through the few
+methods of ``ConfigView``), what it writes, and how. The CLI, the workflow's targets and the docs take
+table and figure ids from the registries, so a new table or figure is one declaration plus its tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mcmi.report.records import MetricsRecord
+    from mcmi.report.render import Layout
+
+Experiment = dict[str, Any]
+
+
+class ConfigView(Protocol):
+    """The part of the workflow's config (``WorkflowConfig``) that declarations may use to list inputs."""
+
+    results: str
+    synthetic_presets: list[str]
+
+    def experiment(self, name: str) -> Experiment: ...
+    def seeds(self, exp: Experiment) -> list[int]: ...
+    def students_and_teachers(self, exp: Experiment, variants: tuple[str, ...] = ...) -> list[str]: ...
+    def student(self, ds: str, teacher: str, student: str, method: str, variant: str, setting: str,
+                seed: int) -> str: ...
+    def vanilla(self, ds: str, student: str, seed: int) -> str: ...
+    def measure(self, ds: str, teacher: str, variant: str, temperature: float = ...) -> str: ...
+    def teacher_metrics(self, ds: str, teacher: str, variant: str) -> str: ...
+    def lambda_star_file(self, ds: str, teacher: str) -> str: ...
+    def synthetic(self, preset: str, dmu: float | str) -> str: ...
+
+
+# inputs(w, exp): the metrics files of one target, given the config and the target's experiment block
+ListInputs = Callable[[ConfigView, Experiment], list[str]]
+
+
+def unique(paths: Iterable[str]) -> list[str]:
+    """``paths`` without repeats, in first-seen order."""
+    return list(dict.fromkeys(paths))
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table: its id, text, the paper's files it sits beside, its inputs, rows and layout.
+
+    ``build(records, paper_dir)`` returns the tidy frame (one row per cell); ``layout(frame)`` arranges
+    it in sections, rows and columns for the markdown and LaTeX files.
+    """
+
+    id: str                                  # "1" ... "7", "1x"; the target and experiment are "table{id}"
+    title: str
+    caption: str
+    paper_files: tuple[str, ...]             # the files of config/paper/ that ``build`` reads
+    paper_dataset: str | None                # runs on another dataset are never matched to a paper cell
+    inputs: ListInputs
+    build: Callable[[list[MetricsRecord], str], pd.DataFrame]
+    layout: Callable[[pd.DataFrame], Layout]
+    paper_citation: str | None = None        # how the markdown cites the paper files (default: their names)
+
+    @property
+    def target(self) -> str:
+        """The Snakemake target, which is also the config's key under ``experiments``."""
+        return f"table{self.id}"
+
+    @property
+    def cites(self) -> str:
+        return self.paper_citation or ", ".join(self.paper_files)
+
+    def input_files(self, w: ConfigView) -> list[str]:
+        """The metrics files this table is built from; ConfigError when its experiment is not configured."""
+        return unique(self.inputs(w, w.experiment(self.target)))
+
+    def outputs(self, results: str) -> list[str]:
+        from mcmi.pipeline.paths import Paths
+
+        return [Paths(results).path("table", n=self.id, ext=ext) for ext in ("md", "tex", "csv")]
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure: its number, caption, inputs and ``draw(records, out_prefix)`` (writes .pdf and .png)."""
+
+    id: int
+    caption: str
+    inputs: ListInputs
+    draw: Callable[[list[MetricsRecord], str], None]
+
+    @property
+    def target(self) -> str:
+        """The Snakemake target, which is also the config's key under ``experiments``."""
+        return f"figure{self.id}"
+
+    def input_files(self, w: ConfigView) -> list[str]:
+        """The metrics files this figure is drawn from; ConfigError when its experiment is not configured."""
+        return unique(self.inputs(w, w.experiment(self.target)))
+
+    def outputs(self, results: str) -> list[str]:
+        from mcmi.pipeline.paths import Paths
+
+        return [Paths(results).path("figure", n=self.id, ext=ext) for ext in ("pdf", "png")]
+
+
+Spec = TypeVar("Spec", TableSpec, FigureSpec)
+
+
+class Registry(Generic[Spec]):
+    """Declarations in target order, looked up by id; ``normalise`` reads an id given otherwise (1 -> "1")."""
+
+    def __init__(self, kind: str, specs: Iterable[Spec], normalise: Callable[[Any], Hashable]) -> None:
+        self.kind = kind
+        self._normalise = normalise
+        self._specs: dict[Hashable, Spec] = {}
+        for spec in specs:
+            if spec.id in self._specs:
+                raise ValueError(f"{kind} {spec.id} is declared twice")
+            self._specs[spec.id] = spec
+
+    @property
+    def ids(self) -> list[Any]:
+        return list(self._specs)
+
+    def __getitem__(self, n: Any) -> Spec:
+        try:
+            return self._specs[self._normalise(n)]
+        except (KeyError, ValueError):
+            raise ValueError(f"no {self.kind} {n}; known {self.kind}s: {self.ids}") from None
+
+    def __iter__(self) -> Iterator[Spec]:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
