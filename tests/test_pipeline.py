@@ -156,6 +156,16 @@ def test_group_members_are_the_specs_of_their_cells():
     assert len({m.shared_key() for m in spec.members}) == 1
 
 
+@pytest.mark.parametrize("setting", ["fs10", "zs", "T4", "full"])
+def test_members_of_every_setting_have_a_shared_key(setting):
+    w = plan("config/demo.yaml")
+    spec = w.student_spec("digits", "resnet14", "resnet8", "KD", "MLL", setting, 0)
+    twin = w.student_spec("digits", "resnet14", "resnet8", "AT", "MLL", setting, 0)
+    assert spec.shared_key() == twin.shared_key()
+    assert spec.shared_key() != w.student_spec("digits", "resnet14", "resnet8", "KD", "MLL", setting, 1).shared_key()
+    assert parse_spec(spec.to_json()) == spec
+
+
 def test_lambda_star_teacher_is_adopted_from_the_grid_inputs():
     w = plan()
     teacher = next(iter(w.config["mcmi"]["lambda_selection"]["student_of"]))

@@ -198,7 +198,8 @@ class StudentSpec(TrainingJob):
 
     def shared_key(self) -> tuple[str, ...]:
         """What students trained in one job must share: data, seed, device, teacher, subset, numerics."""
-        return tuple(canonical_json(getattr(self, name)) for name in SHARED_BY_GROUP)
+        as_dict = self.to_dict()
+        return tuple(canonical_json(as_dict.get(name)) for name in SHARED_BY_GROUP)
 
 
 # Fields every member of a student group must have in common.
