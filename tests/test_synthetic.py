@@ -104,6 +104,7 @@ def _mcmi_run(kernel, dtype: torch.dtype, hidden: int = 8) -> tuple[MLPStack, li
     return stack, history
 
 
+@pytest.mark.slow   # builds the C++ kernel on first use (about a minute)
 def test_cpp_kernel_equals_torch_steps_on_the_mcmi_objective() -> None:
     """Same members, same data order, shared (expanded) targets: the two kernels agree in float64 to
     rounding and in float32 to float32 precision, parameters and per-epoch losses alike."""

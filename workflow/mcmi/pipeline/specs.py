@@ -144,7 +144,7 @@ class ImportSpec(TrainingJob):
 
 @dataclass(frozen=True, kw_only=True)
 class MCMISpec(TrainingJob):
-    """Fine-tune the MLL teacher at ``checkpoint`` to maximise LL + lam * CMI."""
+    """Fine-tune the MLL teacher at ``teacher_checkpoint`` to maximise LL + lam * CMI."""
 
     STAGE: ClassVar[str] = "mcmi"
     model: str
