@@ -122,7 +122,7 @@ def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
     _calibrate_batchnorm(model, train)
     folder = Path(tempfile.mkdtemp())
     heads = str(folder / "heads.pt")
-    save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES).heads, heads)
+    save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES, teacher_name).heads, heads)
     specs = _specs(teacher_name, students, heads, folder)
     teacher = SharedTeacher(model, teacher_name)
     by_pair = [[spec for spec in specs if spec.student == student] for student in students]
