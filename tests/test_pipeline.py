@@ -125,6 +125,10 @@ def test_schema_errors_name_the_key():
     config["student_groups"] = {"by": "everything"}
     with pytest.raises(ConfigError, match=r"config student_groups\.by"):
         WorkflowConfig(config, REPO)
+    config = load("config/test.yaml")
+    config["experiments"]["table5"]["synthetic"]["lambda_grid"] = [0.1, -0.2]
+    with pytest.raises(ConfigError, match=r"config experiments\.table5\.synthetic\.lambda_grid\[1\]: -0\.2"):
+        WorkflowConfig(config, REPO)
 
 
 # ---------------------------------------------------------------- the plan on the shipped configs

@@ -39,8 +39,8 @@ def with_defaults(config: dict[str, Any], schema_path: Path | None = None) -> di
     filling = validators.extend(base, {"properties": properties})
     error = jsonschema.exceptions.best_match(filling(schema).iter_errors(config))
     if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ConfigError(f"config {where}: {error.message}")
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        raise ConfigError(f"config {where or '(top level)'}: {error.message}")
     return config
 
 
