@@ -5,6 +5,7 @@ and method names, ranges that depend on other values). Every error names the key
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,7 +26,7 @@ def with_defaults(config: dict[str, Any], schema_path: Path | None = None) -> di
     import jsonschema
     from jsonschema import validators
 
-    schema = yaml.safe_load(Path(schema_path or SCHEMA).read_text())
+    schema = _load_schema(Path(schema_path or SCHEMA))
     base = jsonschema.Draft202012Validator
     fill_properties = base.VALIDATORS["properties"]
 
@@ -42,6 +43,12 @@ def with_defaults(config: dict[str, Any], schema_path: Path | None = None) -> di
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
         raise ConfigError(f"config {where or '(top level)'}: {error.message}")
     return config
+
+
+@functools.lru_cache(maxsize=4)
+def _load_schema(path: Path) -> dict[str, Any]:
+    """The schema file, read once per process (every WorkflowConfig validates against it)."""
+    return yaml.safe_load(path.read_text())
 
 
 def known_num_classes(dataset: dict[str, Any]) -> int | None:

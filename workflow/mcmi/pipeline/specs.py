@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from mcmi.provenance import canonical_json
 
@@ -56,11 +56,14 @@ class JobSpec:
         for name, value in data.items():
             if name == "stage":
                 continue
-            kind = _PART_TYPES.get((cls.__name__, name))
-            values[name] = kind.from_dict(value) if kind and value is not None else value
-        if cls is StudentGroupSpec:
-            values["members"] = tuple(StudentSpec.from_dict(m) for m in data["members"])
+            read = cls.nested().get(name)
+            values[name] = read(value) if read and value is not None else value
         return cls(**values)
+
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        """How fields holding nested blocks are read from their JSON form (none by default)."""
+        return {}
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -196,6 +199,10 @@ class StudentSpec(TrainingJob):
     precision: str = "fp32"
     channels_last: bool = False
 
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        return {"few_shot": FewShot.from_dict, "zero_shot": ZeroShot.from_dict}
+
     def shared_key(self) -> tuple[str, ...]:
         """What students trained in one job must share: data, seed, device, teacher, subset, numerics."""
         as_dict = self.to_dict()
@@ -214,6 +221,10 @@ class StudentGroupSpec(JobSpec):
     STAGE: ClassVar[str] = "student_group"
     members: tuple[StudentSpec, ...]
 
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        return {"members": lambda members: tuple(StudentSpec.from_dict(m) for m in members)}
+
 
 @dataclass(frozen=True, kw_only=True)
 class SyntheticSpec(JobSpec):
@@ -230,8 +241,6 @@ class SyntheticSpec(JobSpec):
     seed: None = None
 
 
-_PART_TYPES: dict[tuple[str, str], type[_Part]] = {
-    ("StudentSpec", "few_shot"): FewShot, ("StudentSpec", "zero_shot"): ZeroShot}
 SPEC_TYPES: dict[str, type[JobSpec]] = {cls.STAGE: cls for cls in (
     DataSpec, TeacherSpec, ImportSpec, MCMISpec, MeasureSpec, HeadsSpec, StudentSpec, StudentGroupSpec,
     SyntheticSpec)}
