@@ -110,6 +110,14 @@ def test_synthetic_spec_keeps_its_null_seed():
     assert isinstance(spec, SyntheticSpec) and spec.to_dict()["seed"] is None
 
 
+
+def test_the_long_synthetic_jobs_are_scheduled_first():
+    """Table 5's as_written jobs train on 18x the points of authors_code ones: they start first, so the
+    short jobs fill the cores at the end instead of leaving one idle."""
+    paper = plan("config/config.yaml")
+    assert paper.synthetic_priority("as_written") == 90 and paper.synthetic_priority("authors_code") == 5
+    assert plan().synthetic_priority("as_written") >= 1    # a tiny test-scale job still gets a valid priority
+
 # ---------------------------------------------------------------- config defaults
 def test_schema_defaults_are_applied_once_and_nested():
     config = with_defaults(copy.deepcopy(load("config/test.yaml")))

@@ -196,6 +196,33 @@ def test_stale_build_lock_is_removed_and_a_live_one_kept(tmp_path) -> None:
     _remove_stale_lock(lock, max_age_s=600)  # nothing there: no error
 
 
+def test_a_finished_build_is_imported_without_asking_ninja(monkeypatch) -> None:
+    from torch.utils import cpp_extension
+
+    from mcmi import kernels
+
+    built = mlp_stack()  # built once per machine (or imported)
+    library = Path(built.__file__)
+    assert (library.parent / kernels.READY_FILE).read_text().strip() == library.name
+
+    def no_rebuild(**_: object) -> None:
+        raise AssertionError("a finished build was compiled again")
+
+    monkeypatch.setattr(cpp_extension, "load", no_rebuild)
+    again = kernels.mlp_stack.__wrapped__()
+    assert Path(again.__file__) == library and callable(again.train_epoch)
+
+
+def test_a_damaged_or_unfinished_build_is_not_imported(tmp_path) -> None:
+    from mcmi.kernels import READY_FILE, _import_built
+
+    assert _import_built("mcmi_mlp_stack_x", tmp_path) is None            # no ready file: never finished
+    (tmp_path / READY_FILE).write_text("mcmi_mlp_stack_x.so\n")
+    assert _import_built("mcmi_mlp_stack_x", tmp_path) is None            # ready file, library gone
+    (tmp_path / "mcmi_mlp_stack_x.so").write_bytes(b"not a shared library")
+    assert _import_built("mcmi_mlp_stack_x", tmp_path) is None            # damaged: rebuilt by the caller
+
+
 # ------------------------------------------------------------------------------------------- presets
 def test_presets_set_their_conventions_and_user_keys_override() -> None:
     written, authors = resolve_config({}), resolve_config({}, "authors_code")

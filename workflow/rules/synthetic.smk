@@ -11,6 +11,7 @@ rule synthetic:
     log:
         P("log_synthetic"),
     threads: W.synthetic_threads
+    priority: lambda wildcards: W.synthetic_priority(wildcards.preset)
     resources:
         mem_mb=4000,
         runtime=60,

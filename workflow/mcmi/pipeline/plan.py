@@ -14,6 +14,7 @@ from mcmi.pipeline.naming import MCMI, MLL, VARIANTS, Setting, Variant, grid_var
 from mcmi.pipeline.paths import Paths
 from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, MCMISpec, MeasureSpec, StudentGroupSpec,
                                  StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
+from mcmi.synthetic.task import resolve_config, split_sizes
 
 @dataclass(frozen=True, order=True)
 class StudentCell:
@@ -214,6 +215,14 @@ class WorkflowConfig:
     def synthetic_presets(self) -> list[str]:
         """The presets Table 5 runs (``experiments.table5.presets``, default in the schema)."""
         return list(self.config["experiments"].get("table5", {}).get("presets", []))
+
+    def synthetic_priority(self, preset: str) -> int:
+        """Scheduling priority of a synthetic job: its training points times epochs, in units of 10^5, so the
+        long jobs start first and the short ones fill the cores at the end (90 for ``as_written``, 5 for
+        ``authors_code`` at the paper's scale)."""
+        cfg = resolve_config(self.config["experiments"]["table5"]["synthetic"], preset)
+        train_points = split_sizes(cfg["num_points"], cfg["split"])[0]
+        return max(1, train_points * cfg["epochs"] // 100_000)
 
     def synthetic_spec(self, preset: str, dmu: str) -> SyntheticSpec:
         """The job spec of one synthetic run; a function of the wildcards only (Snakemake sees its changes)."""
