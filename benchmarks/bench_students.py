@@ -7,7 +7,9 @@ forward pass every step) and all in one group (one teacher pass per batch, see
 ``mcmi.train.fit_members``); for a teacher with several students also one group per pair. Runs
 alternate (alone, grouped, alone, grouped) so drift on a shared machine hits both. The bound is what sharing the teacher can give at most, from the measured times:
 sum over students of (teacher forward + student step) / (teacher forward + sum of student steps),
-HSAKD's teacher pass on the 4x rotated batch counted apart. The learning rate is small (1e-4): the
+HSAKD's teacher pass on the 4x rotated batch counted apart; each method's time alone and the bound
+without HSAKD (whose 4x rotated batch through the student and its heads cannot be shared) are printed
+too. The learning rate is small (1e-4): the
 teacher is untrained and the pixels random, and speed does not depend on it.
 
     python benchmarks/bench_students.py                       # both groups of the issue, fp32
@@ -114,7 +116,7 @@ def _calibrate_batchnorm(model: torch.nn.Module, train: FirstBatches, batches: i
     model.eval()
 
 
-def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
+def bench(group: str, steps: int, precision: Precision, by_pair: bool = True) -> dict[str, Any]:
     teacher_name, students = GROUPS[group]
     train, test = _data(steps)
     torch.manual_seed(1)
@@ -125,13 +127,15 @@ def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
     save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES, teacher_name).heads, heads)
     specs = _specs(teacher_name, students, heads, folder)
     teacher = SharedTeacher(model, teacher_name)
-    by_pair = [[spec for spec in specs if spec.student == student] for student in students]
-    alone, grouped, paired = [], [], []
+    pairs = [[spec for spec in specs if spec.student == student] for student in students]
+    alone, grouped, paired, alone_each = [], [], [], []
     for _ in range(2):                                             # A B (C) A B (C)
-        alone.append(sum(_train([spec], teacher, train, test, precision) for spec in specs))
+        each = [_train([spec], teacher, train, test, precision) for spec in specs]
+        alone_each.append(each)
+        alone.append(sum(each))
         grouped.append(_train(specs, teacher, train, test, precision))
-        if len(by_pair) > 1:                                       # the same students, one group per pair
-            paired.append(sum(_train(pair, teacher, train, test, precision) for pair in by_pair))
+        if by_pair and len(pairs) > 1:                             # the same students, one group per pair
+            paired.append(sum(_train(pair, teacher, train, test, precision) for pair in pairs))
     forward = _teacher_forward_seconds(model, False, precision) * steps
     forward_rotated = _teacher_forward_seconds(model, True, precision) * steps
     n_hsakd = sum(spec.method == "HSAKD" for spec in specs)
@@ -139,7 +143,14 @@ def bench(group: str, steps: int, precision: Precision) -> dict[str, float]:
     student_work = best_alone - (len(specs) - n_hsakd) * forward - n_hsakd * forward_rotated
     ideal_group = forward + (forward_rotated if n_hsakd else 0.0) + student_work
     images = len(specs) * steps * BATCH
-    return {"students": len(specs), "alone_s": best_alone, "grouped_s": min(grouped),
+    each = alone_each[alone.index(best_alone)]
+    plain = [t for spec, t in zip(specs, each) if spec.method != "HSAKD"]   # the bound without HSAKD's students
+    plain_bound = sum(plain) / (forward + sum(plain) - len(plain) * forward)
+    per_method = {}
+    for spec, seconds in zip(specs, each):
+        per_method[spec.method] = per_method.get(spec.method, 0.0) + seconds
+    return {"per_method_alone_s": per_method, "bound_without_hsakd": plain_bound,
+            "students": len(specs), "alone_s": best_alone, "grouped_s": min(grouped),
             "alone_img_s": images / best_alone, "grouped_img_s": images / min(grouped),
             "ratio": best_alone / min(grouped), "bound": best_alone / ideal_group,
             "teacher_forward_ms": 1000 * forward / steps, "alone_runs": alone, "grouped_runs": grouped,
@@ -152,6 +163,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="training steps per student and run")
     parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True,
+                        help="for a teacher with several students, also time one group per pair")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     groups = list(GROUPS) if args.group == "all" else [args.group]
@@ -159,7 +172,7 @@ def main() -> None:
     print(f"{args.steps} steps of batch {BATCH} per student, {args.threads} threads, torch {torch.__version__}")
     for name in groups:
         for dtype in precisions:
-            r = bench(name, args.steps, Precision(dtype))
+            r = bench(name, args.steps, Precision(dtype), by_pair=args.pairs)
             teacher, students = GROUPS[name]
             print(f"{teacher} -> {'+'.join(students)} ({r['students']} students, {dtype}): "
                   f"alone {r['alone_img_s']:.1f} student-img/s, grouped {r['grouped_img_s']:.1f} student-img/s, "
@@ -169,6 +182,9 @@ def main() -> None:
                   f"{', '.join(f'{t:.1f}' for t in r['grouped_runs'])} s"
                   + (f"; one group per pair instead: ratio {r['by_pair_ratio']:.2f}x" if r["by_pair_ratio"] else ""),
                   flush=True)
+            print(f"  alone, seconds per method (summed over students): "
+                  + ", ".join(f"{method} {seconds:.1f}" for method, seconds in r["per_method_alone_s"].items())
+                  + f"; bound without the HSAKD students {r['bound_without_hsakd']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
