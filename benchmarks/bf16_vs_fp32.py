@@ -31,7 +31,7 @@ def student_accuracies(root: Path, precision: str) -> dict[tuple[str, int], floa
     for path in sorted(root.rglob("students/**/metrics.json")):
         relative = "/" + path.relative_to(root).as_posix()
         match = SEED_FOLDER.search(relative)
-        if match is None:
+        if match is None or relative.startswith("/_"):   # _finished/, _resume/: the workflow's own copies
             continue
         metrics = json.loads(path.read_text())
         recorded = metrics["provenance"]["config"].get("precision", "fp32")
