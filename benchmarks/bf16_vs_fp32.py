@@ -61,17 +61,14 @@ def main() -> None:
     print(f"{len(shared)} students in both folders, {len(cells)} cells\n")
     print("| cell | seeds | fp32 acc | bf16 acc | bf16 − fp32 | fp32 seed std |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for cell in cells:
-        seeds = [seed for c, seed in shared if c == cell]
-        a = [fp32[(cell, s)] for s in seeds]
-        b = [bf16[(cell, s)] for s in seeds]
-        std = f"{statistics.stdev(a):.2f}" if len(a) > 1 else "—"
-        print(f"| {cell} | {len(seeds)} | {mean(a):.2f} | {mean(b):.2f} | {mean(b) - mean(a):+.2f} | {std} |")
-    precision_effect = [abs(bf16[key] - fp32[key]) for key in shared]
     seed_noise = []
     for cell in cells:
-        seeds = [seed for c, seed in shared if c == cell]
-        seed_noise += [abs(fp32[(cell, s)] - fp32[(cell, t)]) for s, t in itertools.combinations(seeds, 2)]
+        a = [fp32[key] for key in shared if key[0] == cell]
+        b = [bf16[key] for key in shared if key[0] == cell]
+        std = f"{statistics.stdev(a):.2f}" if len(a) > 1 else "—"
+        print(f"| {cell} | {len(a)} | {mean(a):.2f} | {mean(b):.2f} | {mean(b) - mean(a):+.2f} | {std} |")
+        seed_noise += [abs(x - y) for x, y in itertools.combinations(a, 2)]
+    precision_effect = [abs(bf16[key] - fp32[key]) for key in shared]
     print(f"\nprecision effect: mean |bf16 − fp32| of the same student = {mean(precision_effect):.2f} points "
           f"(max {max(precision_effect):.2f}, {len(precision_effect)} students)")
     if seed_noise:
