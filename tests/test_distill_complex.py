@@ -12,7 +12,7 @@ from torch import nn
 
 from mcmi.data.batch import Batch
 from mcmi.distill._common import kd_loss
-from mcmi.distill.base import _REGISTRY, Distillation, PairContext
+from mcmi.distill.base import _REGISTRY, Distillation, PairContext, SharedTeacher, build_method
 from mcmi.distill.crd import CRD
 from mcmi.distill.crd_kd import CRDKD
 from mcmi.distill.hsakd import (
@@ -289,6 +289,65 @@ def test_hsakd_step_on_tiny_models(tmp_path: Path) -> None:
     assert all(p.grad is not None for p in objective.method.student_heads.parameters())
     assert all(p.grad is None for p in objective.method.teacher_heads.parameters())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_hsakd_teacher_outputs_per_rotation_equal_one_pass_over_the_rotated_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    teacher, student = TinyNet(width=6), TinyNet(width=4)
+    train_teacher_heads(teacher, tmp_path / "heads.pt")
+    ctx = context(student=probe_shapes(student, (3, 8, 8)), teacher=probe_shapes(teacher, (3, 8, 8)),
+                  hsakd_teacher_heads=str(tmp_path / "heads.pt"))
+    method = HSAKD(ctx)
+    teacher.eval()
+    batch = batch_of(torch.arange(6))
+    with torch.no_grad():
+        logits, heads = method.teacher_outputs(teacher, batch)
+        whole = teacher.extract(rotate_batch(batch.x))
+        expected_heads = method.teacher_heads(whole.stages)
+    assert torch.equal(logits, whole.logits)
+    assert len(heads) == len(expected_heads)
+    for got, expected in zip(heads, expected_heads):
+        assert torch.equal(got, expected)
+
+
+def test_students_of_a_shared_teacher_share_its_hsakd_work(tmp_path: Path) -> None:
+    """In a group, the teacher runs once on the batch (for KD) and once per rotation, and its frozen
+    heads once per rotation, for any number of HSAKD students."""
+    torch.manual_seed(0)
+    teacher = TinyNet(width=6)
+    train_teacher_heads(teacher, tmp_path / "heads.pt")
+    students = [TinyNet(width=4), TinyNet(width=5)]
+    shared = SharedTeacher(teacher)
+    objectives = [Distillation(HSAKD(context(student=probe_shapes(s, (3, 8, 8)), teacher=probe_shapes(teacher, (3, 8, 8)),
+                                             hsakd_teacher_heads=str(tmp_path / "heads.pt"))), shared)
+                  for s in students]
+    kd_student = TinyNet(width=4)
+    kd = Distillation(build_method("KD", context(student=probe_shapes(kd_student, (3, 8, 8)))), shared)
+    calls = {"teacher": 0, "heads": 0}
+
+    def count(name):
+        def hook(*_):
+            calls[name] += 1
+        return hook
+
+    extract = teacher.extract
+    teacher.extract = lambda x: (count("teacher")(), extract(x))[1]
+    for objective in objectives:
+        objective.method.teacher_heads.register_forward_hook(count("heads"))
+    batch = batch_of(torch.arange(4))
+    kd.step(kd_student, batch, epoch=1)
+    outs = [objective.step(student, batch, epoch=1) for objective, student in zip(objectives, students)]
+    assert calls == {"teacher": 5, "heads": 4}
+    alone = Distillation(HSAKD(context(student=probe_shapes(students[1], (3, 8, 8)), teacher=probe_shapes(teacher, (3, 8, 8)),
+                                       hsakd_teacher_heads=str(tmp_path / "heads.pt"))), teacher)
+    alone.load_state_dict(objectives[1].state_dict())
+    expected = alone.step(students[1], batch_of(torch.arange(4), batch.x.clone()), epoch=1)
+    for name, value in expected.terms.items():
+        assert torch.equal(value, outs[1].terms[name]), name
+    before = dict(calls)
+    shared.clear()
+    objectives[0].step(students[0], batch, epoch=1)
+    assert calls["teacher"] - before["teacher"] == 4 and calls["heads"] - before["heads"] == 4   # cleared per batch
 
 
 def test_hsakd_missing_teacher_heads_is_a_clear_error(tmp_path: Path) -> None:

@@ -73,6 +73,32 @@ def test_every_method_trained_in_a_group_equals_it_trained_alone(tmp_path, teach
     assert kept.stat().st_ino == Path(group[0]["out_model"]).stat().st_ino
 
 
+def hsakd_student(root: Path, student: str, teacher_files: dict[str, str]) -> dict:
+    """An HSAKD member whose student is ``student`` (outputs under its own name)."""
+    spec = member_spec(root, "HSAKD", teacher_files)
+    out, state = root / "students" / student, root / "_state" / student
+    spec.update(student=student, out_metrics=str(out / "metrics.json"), out_model=str(out / "model.pt"),
+                resume=str(state / "last.pt"), finished=str(state / "finished"),
+                run={**spec["run"], "student": student})
+    return spec
+
+
+@pytest.mark.slow
+def test_hsakd_students_of_one_teacher_share_its_heads_and_equal_them_alone(tmp_path, teacher_files):
+    """Grouped by teacher, HSAKD students of two architectures share the teacher's rotated pass
+    and its frozen heads; each equals the same student trained alone."""
+    students = ["resnet8", "resnet8x4"]
+    alone = [hsakd_student(tmp_path / "alone", s, teacher_files) for s in students]
+    for spec in alone:
+        run_stage(spec)
+    group = [hsakd_student(tmp_path / "group", s, teacher_files) for s in students]
+    run_stage({"stage": "student_group", "members": group})
+    for solo, member in zip(alone, group):
+        for key, value in _weights(solo).items():
+            assert torch.equal(value, _weights(member)[key]), (solo["student"], key)
+        assert _history(solo) == _history(member), solo["student"]
+
+
 @pytest.mark.slow
 def test_a_killed_group_resumes_every_member_exactly(tmp_path, teacher_files):
     methods = ["KD", "CRD", "HSAKD"]

@@ -10,7 +10,7 @@ Methods that change the forward pass itself (HSAKD's rotated batches) override `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Hashable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,8 @@ from torch import nn
 from mcmi.data.batch import Batch
 from mcmi.objectives import Objective, StepOutput
 from mcmi.models.base import Features, FeatureShapes, ZooModel
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -93,26 +95,40 @@ class DistillMethod(nn.Module):
 class SharedTeacher(nn.Module):
     """A frozen teacher whose features are computed once per input tensor and handed to every
     student that asks for them until :meth:`clear` (the trainer clears it per batch). Students of
-    one group see the same batches, so one forward pass serves them all."""
+    one group see the same batches, so one forward pass serves them all; :meth:`memo` shares other
+    teacher-side work (HSAKD's frozen teacher heads) the same way."""
 
     def __init__(self, model: ZooModel, model_name: str = "") -> None:
         super().__init__()
         self.model, self.model_name = model, model_name
-        self._memo: dict[int, tuple[torch.Tensor, Features]] = {}
+        self._memo: dict[tuple[Hashable, int], tuple[torch.Tensor, Any]] = {}
+
+    def memo(self, key: Hashable, inputs: torch.Tensor, compute: Callable[[], _T]) -> _T:
+        """``compute()``, a function of the frozen teacher and ``inputs`` only, computed once per
+        ``(key, inputs)`` until :meth:`clear`."""
+        slot = (key, id(inputs))
+        hit = self._memo.get(slot)
+        if hit is not None and hit[0] is inputs:   # the tensor is held, so its id cannot be reused
+            return hit[1]
+        value = compute()
+        self._memo[slot] = (inputs, value)
+        return value
 
     def extract(self, x: torch.Tensor) -> Features:
-        hit = self._memo.get(id(x))
-        if hit is not None and hit[0] is x:   # the tensor is held, so its id cannot be reused
-            return hit[1]
-        features = self.model.extract(x)
-        self._memo[id(x)] = (x, features)
-        return features
+        return self.memo("features", x, lambda: self.model.extract(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.extract(x).logits
 
     def clear(self) -> None:
         self._memo.clear()
+
+
+def shared_teacher_work(teacher: nn.Module, key: Hashable, inputs: torch.Tensor, compute: Callable[[], _T]) -> _T:
+    """``compute()`` through ``teacher.memo`` when the teacher is shared by a group, else directly."""
+    if isinstance(teacher, SharedTeacher):
+        return teacher.memo(key, inputs, compute)
+    return compute()
 
 
 class Distillation(Objective):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch import nn
 
 from mcmi.data.batch import Batch
 from mcmi.distill._common import init_heads, kd_loss
-from mcmi.distill.base import DistillMethod, PairContext, register
+from mcmi.distill.base import DistillMethod, PairContext, register, shared_teacher_work
 from mcmi.models.base import FeatureShapes, ZooModel
 from mcmi.objectives import Objective, StepOutput
 
@@ -27,6 +28,12 @@ def rotate_batch(x: torch.Tensor) -> torch.Tensor:
     (``torch.rot90`` over the spatial dims, k = 0..3), so rows 0::4 are the original samples."""
     rotations = [torch.rot90(x, k, dims=(2, 3)) for k in range(NUM_ROTATIONS)]
     return torch.stack(rotations, dim=1).reshape(-1, *x.shape[1:])
+
+
+def interleave_rotations(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-rotation outputs [f(rot_0 x), ..., f(rot_3 x)], each (B, ...), in ``rotate_batch``'s
+    order (4B, ...): sample i's rotation k at row 4i + k."""
+    return torch.stack(parts, dim=1).reshape(-1, *parts[0].shape[1:])
 
 
 def joint_labels(y: torch.Tensor) -> torch.Tensor:
@@ -158,6 +165,16 @@ def load_teacher_heads(path: str | Path, shapes: FeatureShapes, num_classes: int
     return heads
 
 
+def _fingerprint(module: nn.Module) -> str:
+    """A digest of ``module``'s kind and state (names, shapes, dtypes and values)."""
+    digest = hashlib.sha256(str(getattr(module, "kind", type(module).__name__)).encode())
+    for name, value in module.state_dict().items():
+        value = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
 class HSAKDTeacherHeads(Objective):
     """Stage 1 of HSAKD: train the teacher's auxiliary heads on its frozen backbone.
 
@@ -218,6 +235,7 @@ class HSAKD(DistillMethod):
         self.teacher_heads = load_teacher_heads(path, ctx.teacher, ctx.num_classes, ctx.teacher_name, kind)
         self.teacher_heads.requires_grad_(False)
         self.teacher_heads.eval()
+        self.teacher_heads_key = _fingerprint(self.teacher_heads)   # HSAKD students with equal heads share them
         num_heads = min(len(ctx.student.stages), len(ctx.teacher.stages)) - 1
         self.student_heads = build_heads(ctx.student_name, ctx.student, ctx.num_classes, kind, num_heads)
 
@@ -231,11 +249,10 @@ class HSAKD(DistillMethod):
         return self
 
     def step(self, student: ZooModel, teacher: ZooModel, batch: Batch, epoch: int) -> StepOutput:
-        x = batch.derived("rotated", rotate_batch)
-        s = student.extract(x)
+        s = student.extract(batch.derived("rotated", rotate_batch))
         with torch.no_grad():
-            t = teacher.extract(x)
-            t_heads = self.teacher_heads(t.stages)
+            t_logits, t_heads = shared_teacher_work(teacher, ("hsakd", self.teacher_heads_key), batch.x,
+                                                    lambda: self.teacher_outputs(teacher, batch))
         s_heads = self.student_heads(s.stages)
         paired = min(len(s_heads), len(t_heads))  # the deepest heads of each model are paired
         s_heads, t_heads = s_heads[len(s_heads) - paired:], t_heads[len(t_heads) - paired:]
@@ -245,6 +262,23 @@ class HSAKD(DistillMethod):
         terms = {
             "ce": self.hparams["ce_weight"] * F.cross_entropy(logits, batch.y),
             "kd_heads": weight * torch.stack([kd_loss(sh, th, temperature) for sh, th in zip(s_heads, t_heads)]).sum(),
-            "kd_logits": weight * kd_loss(s.logits, t.logits, temperature),
+            "kd_logits": weight * kd_loss(s.logits, t_logits, temperature),
         }
         return StepOutput(terms=terms, logits=logits)
+
+    def teacher_outputs(self, teacher: ZooModel, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The frozen teacher's logits and heads on the rotated batch, in ``rotate_batch``'s order.
+
+        Computed one rotation at a time (each a contiguous tensor, as ``rotate_batch``'s) and
+        interleaved: in eval mode a sample's outputs do not depend on the rest of the batch, so this
+        equals one pass over the 4B samples (tested; bit for bit on CPU in float32). Rotation 0 is
+        not the plain batch itself, whose memory layout may differ (the data pipeline's channels-last
+        strides), because a different layout may round differently.
+        """
+        logits, heads = [], []
+        for k in range(NUM_ROTATIONS):
+            x = batch.derived(f"rotation{k}", lambda x, k=k: torch.rot90(x, k, (2, 3)).contiguous())
+            features = teacher.extract(x)
+            logits.append(features.logits)
+            heads.append(self.teacher_heads(features.stages))
+        return interleave_rotations(logits), [interleave_rotations(list(h)) for h in zip(*heads)]
