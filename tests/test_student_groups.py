@@ -55,19 +55,25 @@ def _history(spec: dict) -> list[dict]:
             for h in json.loads(Path(spec["out_metrics"]).read_text())["history"]]
 
 
-@pytest.mark.slow
-def test_every_method_trained_in_a_group_equals_it_trained_alone(tmp_path, teacher_files):
-    alone = [member_spec(tmp_path / "alone", m, teacher_files) for m in METHODS]
+def _assert_group_equals_alone(alone: list[dict], group: list[dict]) -> None:
+    """Train each spec of ``alone`` as its own job and ``group`` as one group job; the same members
+    must end with bit-identical weights and equal histories."""
     for spec in alone:
         run_stage(spec)
-    group = [member_spec(tmp_path / "group", m, teacher_files) for m in METHODS]
     run_stage({"stage": "student_group", "members": group})
     for solo, member in zip(alone, group):
+        name = (solo["student"], solo["method"])
         solo_weights, member_weights = _weights(solo), _weights(member)
-        assert solo_weights.keys() == member_weights.keys()
+        assert solo_weights.keys() == member_weights.keys(), name
         for key, value in solo_weights.items():
-            assert torch.equal(value, member_weights[key]), (solo["method"], key)
-        assert _history(solo) == _history(member), solo["method"]
+            assert torch.equal(value, member_weights[key]), (name, key)
+        assert _history(solo) == _history(member), name
+
+
+@pytest.mark.slow
+def test_every_method_trained_in_a_group_equals_it_trained_alone(tmp_path, teacher_files):
+    group = [member_spec(tmp_path / "group", m, teacher_files) for m in METHODS]
+    _assert_group_equals_alone([member_spec(tmp_path / "alone", m, teacher_files) for m in METHODS], group)
     assert not any((tmp_path / "group" / "_resume").rglob("*.pt"))       # a finished group leaves no resume files
     kept = Path(group[0]["finished"]) / "model.pt"                        # its results are kept as hard links
     assert kept.stat().st_ino == Path(group[0]["out_model"]).stat().st_ino
@@ -88,15 +94,8 @@ def test_hsakd_students_of_one_teacher_share_its_heads_and_equal_them_alone(tmp_
     """Grouped by teacher, HSAKD students of two architectures share the teacher's rotated pass
     and its frozen heads; each equals the same student trained alone."""
     students = ["resnet8", "resnet8x4"]
-    alone = [hsakd_student(tmp_path / "alone", s, teacher_files) for s in students]
-    for spec in alone:
-        run_stage(spec)
-    group = [hsakd_student(tmp_path / "group", s, teacher_files) for s in students]
-    run_stage({"stage": "student_group", "members": group})
-    for solo, member in zip(alone, group):
-        for key, value in _weights(solo).items():
-            assert torch.equal(value, _weights(member)[key]), (solo["student"], key)
-        assert _history(solo) == _history(member), solo["student"]
+    _assert_group_equals_alone([hsakd_student(tmp_path / "alone", s, teacher_files) for s in students],
+                               [hsakd_student(tmp_path / "group", s, teacher_files) for s in students])
 
 
 @pytest.mark.slow
