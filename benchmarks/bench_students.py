@@ -82,23 +82,17 @@ def _specs(teacher: str, students: list[str], heads: str, folder: Path) -> list[
 
 class TimedTeacher(SharedTeacher):
     """A shared teacher that adds up the seconds of its teacher-side work as the training runs use
-    it: the plain forward pass ("forward") and HSAKD's rotations and frozen heads ("hsakd"), the
-    outermost call only (HSAKD's rotations go through ``extract`` inside its own call)."""
+    it: the plain forward pass ("forward") and HSAKD's rotations and frozen heads ("hsakd")."""
 
     def __init__(self, model: torch.nn.Module, model_name: str) -> None:
         super().__init__(model, model_name)
         self.seconds = {"forward": 0.0, "hsakd": 0.0}
-        self._depth = 0
 
     def memo(self, key: Any, inputs: torch.Tensor, compute: Callable[[], Any]) -> Any:
-        if self._depth:
-            return super().memo(key, inputs, compute)
-        self._depth += 1
         tic = time.perf_counter()
         try:
             return super().memo(key, inputs, compute)
         finally:
-            self._depth -= 1
             self.seconds["forward" if key == "features" else "hsakd"] += time.perf_counter() - tic
 
 

@@ -124,11 +124,14 @@ class SharedTeacher(nn.Module):
         self._memo.clear()
 
 
-def shared_teacher_work(teacher: nn.Module, key: Hashable, inputs: torch.Tensor, compute: Callable[[], _T]) -> _T:
-    """``compute()`` through ``teacher.memo`` when the teacher is shared by a group, else directly."""
+def shared_teacher_work(teacher: nn.Module, key: Hashable, inputs: torch.Tensor,
+                        compute: Callable[[nn.Module], _T]) -> _T:
+    """``compute(model)`` on the frozen teacher model, once per batch through ``teacher.memo`` when
+    the teacher is shared by a group, else directly. ``compute`` gets the bare model, so its
+    intermediate features are not memoised beside its result."""
     if isinstance(teacher, SharedTeacher):
-        return teacher.memo(key, inputs, compute)
-    return compute()
+        return teacher.memo(key, inputs, lambda: compute(teacher.model))
+    return compute(teacher)
 
 
 class Distillation(Objective):

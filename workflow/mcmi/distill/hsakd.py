@@ -23,17 +23,16 @@ TEACHER_HEADS_KEY = "hsakd_teacher_heads"
 HEAD_KINDS = ("auto", "reference", "generic")
 
 
-def rotate_batch(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (4B, C, H, W): each sample followed by its 90°, 180° and 270° rotations
-    (``torch.rot90`` over the spatial dims, k = 0..3), so rows 0::4 are the original samples."""
-    rotations = [torch.rot90(x, k, dims=(2, 3)) for k in range(NUM_ROTATIONS)]
-    return torch.stack(rotations, dim=1).reshape(-1, *x.shape[1:])
-
-
 def interleave_rotations(parts: list[torch.Tensor]) -> torch.Tensor:
     """Per-rotation outputs [f(rot_0 x), ..., f(rot_3 x)], each (B, ...), in ``rotate_batch``'s
     order (4B, ...): sample i's rotation k at row 4i + k."""
     return torch.stack(parts, dim=1).reshape(-1, *parts[0].shape[1:])
+
+
+def rotate_batch(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (4B, C, H, W): each sample followed by its 90°, 180° and 270° rotations
+    (``torch.rot90`` over the spatial dims, k = 0..3), so rows 0::4 are the original samples."""
+    return interleave_rotations([torch.rot90(x, k, dims=(2, 3)) for k in range(NUM_ROTATIONS)])
 
 
 def joint_labels(y: torch.Tensor) -> torch.Tensor:
@@ -252,7 +251,7 @@ class HSAKD(DistillMethod):
         s = student.extract(batch.derived("rotated", rotate_batch))
         with torch.no_grad():
             t_logits, t_heads = shared_teacher_work(teacher, ("hsakd", self.teacher_heads_key), batch.x,
-                                                    lambda: self.teacher_outputs(teacher, batch))
+                                                    lambda model: self.teacher_outputs(model, batch))
         s_heads = self.student_heads(s.stages)
         paired = min(len(s_heads), len(t_heads))  # the deepest heads of each model are paired
         s_heads, t_heads = s_heads[len(s_heads) - paired:], t_heads[len(t_heads) - paired:]
