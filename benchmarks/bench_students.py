@@ -4,8 +4,10 @@ For a teacher and its students (every Table 1 method on each), trains the same s
 steps of CIFAR-sized batches (random pixels: speed does not depend on them; the training set has
 50,000 samples so CRD's memory banks have their real size) twice: each alone (its own teacher
 forward pass every step) and all in one group (one teacher pass per batch, see
-``mcmi.train.fit_members``); for a teacher with several students also one group per pair. Runs
-alternate (alone, grouped, alone, grouped) so drift on a shared machine hits both. The bound is what
+``mcmi.train.fit_members``); for a teacher with several students also one group per pair. A round
+runs half the students alone, then the grouped run(s), then the other half alone, so a drift of the
+shared machine's speed over the round hits both sides alike; each round gives its own ratio and
+bound, and the medians over the rounds are reported beside every round's figures. The bound is what
 sharing the teacher-side work can give at most, from the measured times: the alone time divided by
 (the group's teacher work + the students' own work). Alone, every student pays a teacher forward
 pass, and an HSAKD student its teacher's pass over the 4 rotations plus the frozen teacher heads; in
@@ -17,14 +19,16 @@ shared) are printed too. The learning rate is small (1e-4): the
 teacher is untrained and the pixels random, and speed does not depend on it.
 
     python benchmarks/bench_students.py                       # both groups of the issue, fp32
-    python benchmarks/bench_students.py --group resnet56 --precision bf16 --steps 5
+    python benchmarks/bench_students.py --group resnet56 --precision bf16 --steps 5 --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -125,7 +129,53 @@ def _calibrate_batchnorm(model: torch.nn.Module, train: FirstBatches, batches: i
     model.eval()
 
 
-def bench(group: str, steps: int, precision: Precision, by_pair: bool = True) -> dict[str, Any]:
+@dataclass
+class Round:
+    """One round's runs: each student alone (in spec order) and the grouped runs between them."""
+    alone: list[tuple[float, dict[str, float]]]
+    grouped: tuple[float, dict[str, float]]
+    paired: float | None
+
+
+def _round(specs: list[StudentSpec], pairs: list[list[StudentSpec]], teacher: TimedTeacher, train: FirstBatches,
+           test: Any, precision: Precision, paired_first: bool) -> Round:
+    """Half the students alone, the grouped run(s), the other half alone: a drift of the machine's
+    speed that is linear over the round hits the alone and the grouped side alike."""
+    half = len(specs) // 2
+    first = [_train([spec], teacher, train, test, precision) for spec in specs[:half]]
+    grouped, paired = None, None
+    for kind in (["paired", "grouped"] if paired_first else ["grouped", "paired"]):
+        if kind == "grouped":
+            grouped = _train(specs, teacher, train, test, precision)
+        elif pairs:
+            paired = sum(_train(pair, teacher, train, test, precision)[0] for pair in pairs)
+    second = [_train([spec], teacher, train, test, precision) for spec in specs[half:]]
+    assert grouped is not None
+    return Round(first + second, grouped, paired)
+
+
+def _figures(run: Round, specs: list[StudentSpec], steps: int) -> dict[str, Any]:
+    """A round's ratio, and its bound from the teacher-side seconds timed inside its own alone runs."""
+    hsakd = [spec.method == "HSAKD" for spec in specs]
+    alone = sum(seconds for seconds, _ in run.alone)
+    forward = sum(t["forward"] for (_, t), h in zip(run.alone, hsakd) if not h) / (hsakd.count(False) * steps)
+    hsakd_work = (sum(t["hsakd"] for (_, t), h in zip(run.alone, hsakd) if h) / (hsakd.count(True) * steps)
+                  if any(hsakd) else 0.0)
+    teacher_alone = sum(t["forward"] + t["hsakd"] for _, t in run.alone)
+    ideal_group = steps * (forward + hsakd_work) + alone - teacher_alone      # each computed once per batch
+    plain = [(seconds, t["forward"]) for (seconds, t), h in zip(run.alone, hsakd) if not h]
+    plain_bound = sum(s for s, _ in plain) / (steps * forward + sum(s - t for s, t in plain))   # without HSAKD
+    grouped, group_teacher = run.grouped
+    ratio, bound = alone / grouped, alone / ideal_group
+    return {"alone_s": alone, "grouped_s": grouped, "ratio": ratio, "bound": bound, "of_bound": ratio / bound,
+            "bound_without_hsakd": plain_bound, "teacher_forward_ms": 1000 * forward,
+            "hsakd_teacher_ms": 1000 * hsakd_work, "group_teacher_s": sum(group_teacher.values()),
+            "group_teacher_ideal_s": steps * (forward + hsakd_work),
+            "by_pair_ratio": alone / run.paired if run.paired else None}
+
+
+def bench(group: str, steps: int, precision: Precision, rounds: int = 3, by_pair: bool = True) -> dict[str, Any]:
+    """Every round's figures and their medians (each figure's own median over the rounds)."""
     teacher_name, students = GROUPS[group]
     train, test = _data(steps)
     torch.manual_seed(1)
@@ -136,70 +186,60 @@ def bench(group: str, steps: int, precision: Precision, by_pair: bool = True) ->
     save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES, teacher_name).heads, heads)
     specs = _specs(teacher_name, students, heads, folder)
     teacher = TimedTeacher(model, teacher_name)
-    pairs = [[spec for spec in specs if spec.student == student] for student in students]
-    alone, grouped, paired, alone_each = [], [], [], []
-    for _ in range(2):                                             # A B (C) A B (C)
-        each = [_train([spec], teacher, train, test, precision) for spec in specs]
-        alone_each.append(each)
-        alone.append(sum(seconds for seconds, _ in each))
-        grouped.append(_train(specs, teacher, train, test, precision))
-        if by_pair and len(pairs) > 1:                             # the same students, one group per pair
-            paired.append(sum(_train(pair, teacher, train, test, precision)[0] for pair in pairs))
-    best_alone = min(alone)
-    each = alone_each[alone.index(best_alone)]
-    hsakd = [spec.method == "HSAKD" for spec in specs]
-    # teacher-side seconds per batch, as measured inside the best alone run
-    forward = sum(t["forward"] for (_, t), h in zip(each, hsakd) if not h) / (hsakd.count(False) * steps)
-    hsakd_work = sum(t["hsakd"] for (_, t), h in zip(each, hsakd) if h) / (hsakd.count(True) * steps) if any(hsakd) else 0.0
-    teacher_alone = sum(t["forward"] + t["hsakd"] for _, t in each)
-    ideal_group = steps * (forward + hsakd_work) + best_alone - teacher_alone      # each computed once per batch
-    plain = [(seconds, t["forward"]) for (seconds, t), h in zip(each, hsakd) if not h]
-    plain_bound = sum(s for s, _ in plain) / (steps * forward + sum(s - t for s, t in plain))   # without HSAKD
-    best_group, group_teacher = min(grouped, key=lambda run: run[0])
+    pairs = [[spec for spec in specs if spec.student == student] for student in students] if by_pair else []
+    pairs = pairs if len(pairs) > 1 else []
+    runs = [_round(specs, pairs, teacher, train, test, precision, paired_first=bool(k % 2)) for k in range(rounds)]
+    per_round = [_figures(run, specs, steps) for run in runs]
+    median = {key: statistics.median(r[key] for r in per_round) for key in per_round[0]
+              if per_round[0][key] is not None}
     images = len(specs) * steps * BATCH
+    median.update(alone_img_s=images / median["alone_s"], grouped_img_s=images / median["grouped_s"])
     per_method: dict[str, float] = {}
-    for spec, (seconds, _) in zip(specs, each):
-        per_method[spec.method] = per_method.get(spec.method, 0.0) + seconds
-    return {"per_method_alone_s": per_method, "bound_without_hsakd": plain_bound,
-            "students": len(specs), "alone_s": best_alone, "grouped_s": best_group,
-            "alone_img_s": images / best_alone, "grouped_img_s": images / best_group,
-            "ratio": best_alone / best_group, "bound": best_alone / ideal_group,
-            "teacher_forward_ms": 1000 * forward, "hsakd_teacher_ms": 1000 * hsakd_work,
-            "group_teacher_s": sum(group_teacher.values()), "group_teacher_ideal_s": steps * (forward + hsakd_work),
-            "alone_runs": alone, "grouped_runs": [seconds for seconds, _ in grouped],
-            "by_pair_ratio": best_alone / min(paired) if paired else None}
+    for spec, *seconds in zip(specs, *(run.alone for run in runs)):
+        per_method[spec.method] = per_method.get(spec.method, 0.0) + statistics.median(s for s, _ in seconds)
+    return {"students": len(specs), "median": median, "rounds": per_round, "per_method_alone_s": per_method}
+
+
+def _describe(f: dict[str, Any]) -> str:
+    line = (f"ratio {f['ratio']:.2f}x, bound {f['bound']:.2f}x ({100 * f['of_bound']:.0f}% of it); alone "
+            f"{f['alone_s']:.1f} s, grouped {f['grouped_s']:.1f} s; teacher forward {f['teacher_forward_ms']:.0f} "
+            f"ms/batch (HSAKD's rotations and heads {f['hsakd_teacher_ms']:.0f}), in the grouped run "
+            f"{f['group_teacher_s']:.1f} s of teacher-side work against {f['group_teacher_ideal_s']:.1f} s at those rates")
+    if f.get("by_pair_ratio"):
+        line += f"; one group per pair instead: ratio {f['by_pair_ratio']:.2f}x"
+    return line + f"; bound without the HSAKD students {f['bound_without_hsakd']:.2f}x"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group", choices=[*GROUPS, "all"], default="all")
     parser.add_argument("--steps", type=int, default=5, help="training steps per student and run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of alone and grouped runs (medians reported)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True,
                         help="for a teacher with several students, also time one group per pair")
     args = parser.parse_args()
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be at least 1")
     torch.set_num_threads(args.threads)
     groups = list(GROUPS) if args.group == "all" else [args.group]
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
-    print(f"{args.steps} steps of batch {BATCH} per student, {args.threads} threads, torch {torch.__version__}")
+    print(f"{args.steps} steps of batch {BATCH} per student, {args.rounds} rounds, {args.threads} threads, "
+          f"torch {torch.__version__}", flush=True)
     for name in groups:
         for dtype in precisions:
-            r = bench(name, args.steps, Precision(dtype), by_pair=args.pairs)
+            r = bench(name, args.steps, Precision(dtype), rounds=args.rounds, by_pair=args.pairs)
             teacher, students = GROUPS[name]
-            print(f"{teacher} -> {'+'.join(students)} ({r['students']} students, {dtype}): "
-                  f"alone {r['alone_img_s']:.1f} student-img/s, grouped {r['grouped_img_s']:.1f} student-img/s, "
-                  f"ratio {r['ratio']:.2f}x, bound {r['bound']:.2f}x ({100 * r['ratio'] / r['bound']:.0f}% of it); "
-                  f"teacher forward {r['teacher_forward_ms']:.0f} ms/batch (HSAKD's rotations and heads "
-                  f"{r['hsakd_teacher_ms']:.0f}), in the grouped run {r['group_teacher_s']:.1f} s of teacher-side "
-                  f"work against {r['group_teacher_ideal_s']:.1f} s at those rates; runs alone "
-                  f"{', '.join(f'{t:.1f}' for t in r['alone_runs'])} s, grouped "
-                  f"{', '.join(f'{t:.1f}' for t in r['grouped_runs'])} s"
-                  + (f"; one group per pair instead: ratio {r['by_pair_ratio']:.2f}x" if r["by_pair_ratio"] else ""),
+            m = r["median"]
+            print(f"{teacher} -> {'+'.join(students)} ({r['students']} students, {dtype}), median of "
+                  f"{len(r['rounds'])} rounds: alone {m['alone_img_s']:.1f} student-img/s, grouped "
+                  f"{m['grouped_img_s']:.1f} student-img/s, {_describe(m)}", flush=True)
+            for k, figures in enumerate(r["rounds"], 1):
+                print(f"  round {k}: {_describe(figures)}", flush=True)
+            print(f"  alone, seconds per method (summed over students, median over rounds): "
+                  + ", ".join(f"{method} {seconds:.1f}" for method, seconds in r["per_method_alone_s"].items()),
                   flush=True)
-            print(f"  alone, seconds per method (summed over students): "
-                  + ", ".join(f"{method} {seconds:.1f}" for method, seconds in r["per_method_alone_s"].items())
-                  + f"; bound without the HSAKD students {r['bound_without_hsakd']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The comparison scripts under benchmarks/ on small hand-made results folders."""
+"""The scripts under benchmarks/: the comparison script on small hand-made results folders, and
+bench_students' arithmetic on hand-made timings."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bf16_vs_fp32.py"
@@ -37,3 +41,24 @@ def test_bf16_vs_fp32_compares_the_same_students_and_refuses_a_wrong_precision(t
     _student(bf16, cell, 1, 83.0, "fp32")                     # a student trained at the other precision
     refused = _run(fp32, bf16)
     assert refused.returncode != 0 and "expected 'bf16'" in refused.stderr
+
+
+def test_bench_students_bound_counts_each_teacher_side_work_once_per_batch(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_students
+
+    specs = [SimpleNamespace(method=m) for m in ("KD", "AT", "HSAKD")]
+    run = bench_students.Round(
+        alone=[(10.0, {"forward": 4.0, "hsakd": 0.0}), (10.0, {"forward": 4.0, "hsakd": 0.0}),
+               (20.0, {"forward": 0.0, "hsakd": 8.0})],
+        grouped=(38.0, {"forward": 4.0, "hsakd": 8.0}), paired=None)
+    figures = bench_students._figures(run, specs, steps=2)
+    # per batch: forward 8 / (2 students x 2 steps) = 2 s, HSAKD's side 8 / 2 steps = 4 s; alone 40 s of
+    # which 16 s teacher-side, so the group at best takes 2 x (2 + 4) + 24 = 36 s
+    assert figures["teacher_forward_ms"] == pytest.approx(2000.0)
+    assert figures["hsakd_teacher_ms"] == pytest.approx(4000.0)
+    assert figures["bound"] == pytest.approx(40 / 36)
+    assert figures["ratio"] == pytest.approx(40 / 38)
+    assert figures["of_bound"] == pytest.approx(36 / 38)
+    assert figures["bound_without_hsakd"] == pytest.approx(20 / (2 * 2 + 12))
+    assert figures["by_pair_ratio"] is None
