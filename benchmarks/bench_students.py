@@ -143,34 +143,35 @@ def _round(specs: list[StudentSpec], pairs: list[list[StudentSpec]], teacher: Ti
     speed that is linear over the round hits the alone and the grouped side alike."""
     half = len(specs) // 2
     first = [_train([spec], teacher, train, test, precision) for spec in specs[:half]]
-    grouped, paired = None, None
-    for kind in (["paired", "grouped"] if paired_first else ["grouped", "paired"]):
-        if kind == "grouped":
-            grouped = _train(specs, teacher, train, test, precision)
-        elif pairs:
-            paired = sum(_train(pair, teacher, train, test, precision)[0] for pair in pairs)
+
+    def per_pair() -> float | None:
+        return sum(_train(pair, teacher, train, test, precision)[0] for pair in pairs) if pairs else None
+
+    paired = per_pair() if paired_first else None
+    grouped = _train(specs, teacher, train, test, precision)
+    if not paired_first:
+        paired = per_pair()
     second = [_train([spec], teacher, train, test, precision) for spec in specs[half:]]
-    assert grouped is not None
     return Round(first + second, grouped, paired)
 
 
 def _figures(run: Round, specs: list[StudentSpec], steps: int) -> dict[str, Any]:
     """A round's ratio, and its bound from the teacher-side seconds timed inside its own alone runs."""
-    hsakd = [spec.method == "HSAKD" for spec in specs]
+    plain = [timed for timed, spec in zip(run.alone, specs) if spec.method != "HSAKD"]
+    hsakd = [timed for timed, spec in zip(run.alone, specs) if spec.method == "HSAKD"]
     alone = sum(seconds for seconds, _ in run.alone)
-    forward = sum(t["forward"] for (_, t), h in zip(run.alone, hsakd) if not h) / (hsakd.count(False) * steps)
-    hsakd_work = (sum(t["hsakd"] for (_, t), h in zip(run.alone, hsakd) if h) / (hsakd.count(True) * steps)
-                  if any(hsakd) else 0.0)
+    forward = sum(t["forward"] for _, t in plain) / (len(plain) * steps)
+    hsakd_work = sum(t["hsakd"] for _, t in hsakd) / (len(hsakd) * steps) if hsakd else 0.0
+    teacher_ideal = steps * (forward + hsakd_work)                             # each computed once per batch
     teacher_alone = sum(t["forward"] + t["hsakd"] for _, t in run.alone)
-    ideal_group = steps * (forward + hsakd_work) + alone - teacher_alone      # each computed once per batch
-    plain = [(seconds, t["forward"]) for (seconds, t), h in zip(run.alone, hsakd) if not h]
-    plain_bound = sum(s for s, _ in plain) / (steps * forward + sum(s - t for s, t in plain))   # without HSAKD
+    ideal_group = teacher_ideal + alone - teacher_alone
+    plain_bound = sum(s for s, _ in plain) / (steps * forward + sum(s - t["forward"] for s, t in plain))
     grouped, group_teacher = run.grouped
     ratio, bound = alone / grouped, alone / ideal_group
     return {"alone_s": alone, "grouped_s": grouped, "ratio": ratio, "bound": bound, "of_bound": ratio / bound,
             "bound_without_hsakd": plain_bound, "teacher_forward_ms": 1000 * forward,
             "hsakd_teacher_ms": 1000 * hsakd_work, "group_teacher_s": sum(group_teacher.values()),
-            "group_teacher_ideal_s": steps * (forward + hsakd_work),
+            "group_teacher_ideal_s": teacher_ideal,
             "by_pair_ratio": alone / run.paired if run.paired else None}
 
 
@@ -186,8 +187,8 @@ def bench(group: str, steps: int, precision: Precision, rounds: int = 3, by_pair
     save_teacher_heads(HSAKDTeacherHeads(probe_shapes(model, (3, 32, 32)), NUM_CLASSES, teacher_name).heads, heads)
     specs = _specs(teacher_name, students, heads, folder)
     teacher = TimedTeacher(model, teacher_name)
-    pairs = [[spec for spec in specs if spec.student == student] for student in students] if by_pair else []
-    pairs = pairs if len(pairs) > 1 else []
+    pairs = ([[spec for spec in specs if spec.student == student] for student in students]
+             if by_pair and len(students) > 1 else [])
     runs = [_round(specs, pairs, teacher, train, test, precision, paired_first=bool(k % 2)) for k in range(rounds)]
     per_round = [_figures(run, specs, steps) for run in runs]
     median = {key: statistics.median(r[key] for r in per_round) for key in per_round[0]
