@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,11 @@ def _fit(resume: Path | None, key: str | None, stop: int | None = None, epochs: 
 def test_resume_checkpoint_of_another_job_spec_is_discarded(tmp_path, capsys):
     resume = tmp_path / "last.pt"
     _fit(resume, key="spec-A", stop=2)                       # killed after epoch 2 under spec A
-    assert torch.load(resume, weights_only=True)["spec_fingerprint"] == "spec-A"
+    assert torch.load(resume, weights_only=True)["resume_key"] == "spec-A"
     capsys.readouterr()
     model, history = _fit(resume, key="spec-B")              # the recipe was edited: spec B
     log = capsys.readouterr().out
-    assert "written by another job spec" in log and "resuming" not in log
+    assert "written by another job" in log and "resuming" not in log
     assert [h["epoch"] for h in history] == [1, 2, 3]
     fresh, fresh_history = _fit(None, key=None)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
@@ -261,10 +262,31 @@ def test_the_shipped_configs_pass_validation():
 
 
 # ------------------------------------------------------------------ atomic writes, figures
+def _dead_pid() -> int:
+    """The pid of a process of this host that has exited."""
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def _temporary_of(target: Path, pid: int, host: str | None = None) -> Path:
+    """A temporary named as the atomic writer names it, for a writer with ``pid`` on ``host``."""
+    import platform
+    import re
+
+    host = host or re.sub(r"[^A-Za-z0-9-]", "-", platform.node())
+    return target.with_name(f".{target.name}.~{host}~{pid}~k1ll3d.tmp")
+
+
 def test_atomic_writes_remove_stale_temporaries_and_use_normal_permissions(tmp_path):
     target = tmp_path / "metrics.json"
-    stale = tmp_path / ".metrics.json.k1ll3d.tmp"            # left by a write that was SIGKILLed
+    stale = _temporary_of(target, _dead_pid())                # left by a write that was SIGKILLed
     stale.write_text("{half")
+    legacy = tmp_path / ".metrics.json.k1ll3d.tmp"           # an older version's name, two hours old
+    legacy.write_text("{half")
+    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
     other = tmp_path / ".other.json.abc.tmp"
     other.write_text("{")
     old_umask = os.umask(0o022)
@@ -272,19 +294,48 @@ def test_atomic_writes_remove_stale_temporaries_and_use_normal_permissions(tmp_p
         write_json_atomic(target, {"a": 1})
     finally:
         os.umask(old_umask)
-    assert not stale.exists() and other.exists()              # only this file's leftovers go
+    assert not stale.exists() and not legacy.exists() and other.exists()   # only this file's dead leftovers go
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_another_writers_temporary_in_flight_is_never_removed(tmp_path):
+    target = tmp_path / "metrics.json"
+    live = _temporary_of(target, os.getppid())                # a running process of this host
+    elsewhere = _temporary_of(target, _dead_pid(), host="another-host")   # cannot be checked from here
+    recent_legacy = tmp_path / ".metrics.json.abc123.tmp"     # no owner, written a moment ago
+    for path in (live, elsewhere, recent_legacy):
+        path.write_text("{in flight")
+    write_json_atomic(target, {"a": 1})
+    assert live.exists() and elsewhere.exists() and recent_legacy.exists()
+
+
+def test_concurrent_atomic_writes_to_one_path_all_succeed(tmp_path):
+    """Two processes writing one path at once (e.g. two runs on one results folder): no write fails,
+    none removes the other's temporary, and the file always holds one whole write."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "shared.json"
+    script = ("import sys\nfrom mcmi.provenance import write_json_atomic\n"
+              "for i in range(150): write_json_atomic(sys.argv[1], {'writer': sys.argv[2], 'i': i, 'pad': 'x' * 20000})\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(target), name], env=env,
+                                stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    errors = [w.communicate(timeout=300)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], errors
+    assert json.loads(target.read_text())["i"] == 149
+    assert not list(tmp_path.glob(".shared.json.*"))
 
 
 def test_stage_start_removes_leftover_temporaries(tmp_path, capsys):
     out = tmp_path / "t"
     out.mkdir()
-    (out / ".ready.json.x1.tmp").write_bytes(b"half a metrics file")
+    _temporary_of(out / "ready.json", _dead_pid()).write_bytes(b"half a metrics file")
     run_stage({"stage": "prepare_data", "dataset": {"kind": "digits", "image_size": 8, "max_train": 20,
                                                     "max_test": 10},
                "seed": 0, "out_metrics": str(out / "ready.json")})
-    assert not (out / ".ready.json.x1.tmp").exists()
+    assert not list(out.glob(".ready.json.*.tmp"))
     assert "left by an interrupted write" in capsys.readouterr().out
 
 

@@ -190,8 +190,8 @@ def test_a_rerun_group_reuses_the_members_whose_spec_and_code_are_unchanged(tmp_
     assert "[AT]] epoch 1/1" in log and "[AT]] reusing" not in log
     assert Path(kd["out_metrics"]).read_text() == first_kd
 
-    import mcmi.stages
+    import mcmi.identity
 
-    monkeypatch.setattr(mcmi.stages, "code_fingerprint", lambda: "other code")
+    monkeypatch.setattr(mcmi.identity, "code_fingerprint", lambda: "other code")
     run_stage({"stage": "student_group", "members": [kd, edited]})
     assert "[KD]] epoch 1/1" in capsys.readouterr().out      # other code: trained again, not reused

@@ -4,6 +4,7 @@ atomic, strict JSON/torch writes and reads."""
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import functools
 import glob
 import hashlib
@@ -11,8 +12,12 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 import subprocess
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -90,13 +95,36 @@ def _file_mode() -> int:
 
 
 TMP_SUFFIX = ".tmp"
+_OWNER_MARK = "~"       # temporaries are named .<file>.~<host>~<pid>~<random>.tmp: their writer is known
+_LEGACY_STALE_SECONDS = 3600
+
+
+def _owner_tag() -> str:
+    host = re.sub(r"[^A-Za-z0-9-]", "-", platform.node()) or "host"
+    return f"{_OWNER_MARK}{host}{_OWNER_MARK}{os.getpid()}{_OWNER_MARK}"
+
+
+class DiskFullError(OSError):
+    """A write failed because the file system is full (or over quota); the partial file was removed."""
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:   # torch's writer reports a short write as a RuntimeError; a nearly full disk explains it
+        return isinstance(error, RuntimeError) and shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def _atomic(path: str | os.PathLike, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)   # leftovers of an earlier write of this path that was killed
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    remove_stale_temporaries(path)   # leftovers of earlier writes of this path whose writer has died
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -104,21 +132,60 @@ def _atomic(path: str | os.PathLike, write) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, _file_mode())   # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, Exception) and _disk_full(error, path.parent):
+            try:
+                free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free"
+            except OSError:
+                free = "free space unknown"
+            raise DiskFullError(errno.ENOSPC, f"{path}: the disk is full ({free} on the file system of "
+                                f"{path.parent}); nothing was written and the partial file was removed. "
+                                f"Free some space and rerun: the job resumes from its last checkpoint") from error
         raise
 
 
+def _writer_alive(tag: str) -> bool | None:
+    """Whether the writer of a temporary whose name ends in ``tag`` (see :func:`_owner_tag`) still
+    runs: ``None`` when that cannot be known here (another host, or a name without an owner)."""
+    parts = tag.split(_OWNER_MARK)
+    if len(parts) < 4 or not parts[2].isdigit():
+        return None
+    host, pid = parts[1], int(parts[2])
+    if host != _owner_tag().split(_OWNER_MARK)[1]:
+        return None
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete temporary files that an interrupted atomic write of ``path`` left beside it (a killed
-    process cannot clean up after itself); returns what was removed."""
+    """Delete temporary files that an interrupted atomic write of ``path`` left beside it, when
+    provably stale: their writer (named in the file name) was a process of this host that no longer
+    runs, or, for a name without an owner (older versions), the file is over an hour old. Another
+    writer's temporary in flight is never touched. Returns what was removed."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"))
-    for leftover in stale:
-        leftover.unlink(missing_ok=True)
-    return stale
+    removed = []
+    for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}")):
+        tag = leftover.name[len(path.name) + 2:]
+        alive = _writer_alive(tag)
+        if alive is None and not tag.startswith(_OWNER_MARK):
+            try:
+                alive = time.time() - leftover.stat().st_mtime < _LEGACY_STALE_SECONDS
+            except FileNotFoundError:
+                continue
+        if alive is False:
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 class NonFiniteValueError(ValueError):
@@ -198,8 +265,8 @@ def link_or_copy(source: str | os.PathLike, path: str | os.PathLike, copy: bool 
     cannot link, an atomic copy (``copy``) or nothing; returns whether ``path`` now holds the file."""
     source, path = Path(source), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.link{TMP_SUFFIX}")
-    tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{_owner_tag()}link{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     try:
         os.link(source, tmp)
         os.replace(tmp, path)
@@ -213,8 +280,6 @@ def link_or_copy(source: str | os.PathLike, path: str | os.PathLike, copy: bool 
 
 def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
     """Copy ``source`` to ``path`` through a temporary file and a rename."""
-    import shutil
-
     with open(source, "rb") as src:
         _atomic(path, lambda h: shutil.copyfileobj(src, h))
 

@@ -19,6 +19,7 @@ from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
 from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec,
                                  StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, TrainingJob, parse_spec)
+from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
 from mcmi.provenance import (code_fingerprint, link_or_copy, now, provenance, read_json_strict,
                              remove_stale_temporaries, save_torch_atomic, spec_fingerprint, write_json_atomic)
 from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members, measure_cmi,
@@ -51,10 +52,10 @@ def run_stage(spec: dict[str, Any] | JobSpec) -> Any:
     return STAGES[spec.STAGE](spec)
 
 
-def _resume(spec: TrainingJob) -> dict[str, Any]:
-    """``fit``'s resume arguments: the job's checkpoint path and the fingerprint of its whole spec,
-    so a checkpoint written under another recipe or hyperparameters is never resumed."""
-    return {"resume_path": spec.resume, "resume_key": spec_fingerprint(spec.to_dict())}
+def _resume(spec: TrainingJob, identity: Identity) -> dict[str, Any]:
+    """``fit``'s resume arguments: the job's checkpoint path and its content identity (spec, code and
+    input digests), so a checkpoint written under another recipe, code or teacher is never resumed."""
+    return {"resume_path": spec.resume, "resume_key": identity.key, "resume_parts": identity.to_dict()}
 
 
 def _load_model(name: str, num_classes: int, checkpoint: str | None = None) -> torch.nn.Module:
@@ -70,12 +71,15 @@ def _save_model(path: str, model: torch.nn.Module, name: str, epoch: int, accura
 
 
 def _finish(spec: DataSpec | TrainingJob, run_stage_name: str, final: dict[str, Any],
-            history: list[dict[str, Any]], device: torch.device, extra_run: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
+            history: list[dict[str, Any]], device: torch.device, identity: Identity,
+            extra_run: dict[str, Any] | None = None, outputs: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write the job's metrics: its results, where they came from (its content identity and the
+    digest of each file it wrote, ``outputs``: role -> path) and a seal over all of it."""
     prov = provenance(spec.to_dict(), spec.seed, device)
-    prov["finished"] = now()
-    metrics = {"run": {"stage": run_stage_name, **spec.run, **(extra_run or {})},
-               "final": final, "history": history, "provenance": prov}
+    prov.update(spec_fingerprint=identity.spec, identity=identity.to_dict(), identity_key=identity.key,
+                outputs={role: file_digest(path) for role, path in (outputs or {}).items()}, finished=now())
+    metrics = sealed({"run": {"stage": run_stage_name, **spec.run, **(extra_run or {})},
+                      "final": final, "history": history, "provenance": prov})
     write_json_atomic(spec.out_metrics, metrics)
     resume = getattr(spec, "resume", None)
     if resume:
@@ -89,36 +93,37 @@ def _final_from_history(history: list[dict[str, Any]]) -> dict[str, Any]:
             "best_test_acc": max(h["test_acc"] for h in history), "epochs": last["epoch"]}
 
 
-def _setup(spec: TrainingJob) -> tuple[torch.device, Any, Any]:
+def _setup(spec: TrainingJob) -> tuple[torch.device, Any, Any, Identity]:
+    """The job's device, its dataset (train, test) and its content identity; the seed is set."""
     device = pick_device(spec.device)
     seed_everything(int(spec.seed))
     train, test = load_dataset(spec.dataset)
-    return device, train, test
+    return device, train, test, job_identity(spec, data_digest(train, test))
 
 
 @stage(TeacherSpec)
 def train_teacher(spec: TeacherSpec) -> dict[str, Any]:
     """Train a model with cross-entropy (the MLL teacher; also the early-stopped teacher)."""
     recipe = Recipe(**spec.recipe)
-    device, train, test = _setup(spec)
+    device, train, test, identity = _setup(spec)
     model = _load_model(spec.model, train.num_classes)
     history = fit(model, CrossEntropy(), train, test, recipe, seed=int(spec.seed), device=device,
-                  **_resume(spec), cmi_every=int(spec.cmi_every or 0),
+                  **_resume(spec, identity), cmi_every=int(spec.cmi_every or 0),
                   stop_after_epoch=spec.stop_after_epoch, label=f"teacher {spec.model}")
     final = _final_from_history(history)
     _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
-    return _finish(spec, "teacher", final, history, device)
+    return _finish(spec, "teacher", final, history, device, identity, outputs={"model": spec.out_model})
 
 
 @stage(ImportSpec)
 def import_teacher(spec: ImportSpec) -> dict[str, Any]:
     """Take a pretrained checkpoint in RepDistiller format instead of training (strict load)."""
-    device, _, test = _setup(spec)
+    device, _, test, identity = _setup(spec)
     model = _load_model(spec.model, test.num_classes, spec.checkpoint).to(device)
     evaluation = evaluate(model, test, 256, device)
     _save_model(spec.out_model, model, spec.model, 0, evaluation["acc"])
     final = {"test_acc": evaluation["acc"], "test_top5": evaluation["top5"], "source": str(spec.checkpoint)}
-    return _finish(spec, "teacher", final, [], device)
+    return _finish(spec, "teacher", final, [], device, identity, outputs={"model": spec.out_model})
 
 
 # Offset of the centroid pass's data-order stream from the job seed (the training stream uses the seed).
@@ -132,28 +137,28 @@ def finetune_mcmi(spec: MCMISpec) -> dict[str, Any]:
     if lam < 0:
         raise ValueError(f"mcmi lambda must be >= 0, got {lam}")
     recipe = Recipe(**spec.recipe)
-    device, train, test = _setup(spec)
+    device, train, test, identity = _setup(spec)
     model = _load_model(spec.model, train.num_classes, spec.teacher_checkpoint).to(device)
     centroids = compute_centroids(model, train, recipe.batch_size, device, spec.centroid_pass,
                                   torch.Generator().manual_seed(int(spec.seed) + CENTROID_STREAM_OFFSET))
     history = fit(model, MCMIObjective(centroids, lam), train, test, recipe, seed=int(spec.seed),
-                  device=device, **_resume(spec), label=f"mcmi {spec.model} lambda={lam}")
+                  device=device, **_resume(spec, identity), label=f"mcmi {spec.model} lambda={lam}")
     final = _final_from_history(history)
     _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
-    return _finish(spec, "mcmi", final, history, device, {"lam": lam})
+    return _finish(spec, "mcmi", final, history, device, identity, {"lam": lam}, outputs={"model": spec.out_model})
 
 
 @stage(MeasureSpec)
 def measure_teacher(spec: MeasureSpec) -> dict[str, Any]:
     """Accuracy on the test set and CMI/LL over the training set (eval mode, no augmentation) at T."""
-    device, train, test = _setup(spec)
+    device, train, test, identity = _setup(spec)
     model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
     temperature = float(spec.temperature)
     evaluation = evaluate(model, test, 256, device)
     cmi = measure_cmi(model, train, 256, device, temperature)
     final = {"test_acc": evaluation["acc"], "test_top5": evaluation["top5"], "test_loss": evaluation["loss"],
              "train_cmi": cmi["cmi"], "train_ll": cmi["ll"], "temperature": temperature}
-    return _finish(spec, "measure", final, [], device, {"temperature": temperature})
+    return _finish(spec, "measure", final, [], device, identity, {"temperature": temperature})
 
 
 @stage(StudentSpec)
@@ -197,12 +202,14 @@ def train_students(specs: list[StudentSpec | dict[str, Any]]) -> list[dict[str, 
         differing = [k for k in SHARED_BY_GROUP if len({repr(getattr(s, k)) for s in specs}) > 1]
         raise ValueError(f"students trained together must share {', '.join(map(repr, differing))}; "
                          f"members differ: {[[getattr(s, k) for k in differing] for s in specs]}")
-    reused = [_reuse_finished(spec) for spec in specs]
+    device, full_train, test, first_identity = _setup(specs[0])
+    identities = {spec.out_metrics: job_identity(spec, first_identity.inputs["data"]) for spec in specs}
+    reused = [_reuse_finished(spec, identities[spec.out_metrics]) for spec in specs]
     todo = [spec for spec, metrics in zip(specs, reused) if metrics is None]
     if not todo:
         return reused
     first = todo[0]
-    device, full_train, test = _setup(first)
+    seed_everything(int(first.seed))
     train = student_train_set(
         full_train, alpha_percent=first.few_shot.alpha_percent if first.few_shot else None,
         subset_seed=first.few_shot.seed if first.few_shot else 0,
@@ -212,9 +219,10 @@ def train_students(specs: list[StudentSpec | dict[str, Any]]) -> list[dict[str, 
         teacher = SharedTeacher(_load_model(first.teacher, full_train.num_classes, first.teacher_checkpoint),
                                 first.teacher)
     precision = Precision(first.precision, bool(first.channels_last))
-    members = student_members(todo, train, teacher, device, precision)
+    members = student_members(todo, train, teacher, device, precision, [identities[s.out_metrics] for s in todo])
     fit_members(members, train, test, device=device, teacher_cache=teacher, precision=precision)
-    trained = iter([_finish_student(spec, member, test, len(train), device) for spec, member in zip(todo, members)])
+    trained = iter([_finish_student(spec, member, test, len(train), device, identities[spec.out_metrics])
+                    for spec, member in zip(todo, members)])
     return [metrics if metrics is not None else next(trained) for metrics in reused]
 
 
@@ -222,26 +230,31 @@ def _student_label(spec: StudentSpec) -> str:
     return f"student {spec.student} <- {spec.teacher or '-'} [{spec.method}]"
 
 
-def _reuse_finished(spec: StudentSpec) -> dict[str, Any] | None:
+def _reuse_finished(spec: StudentSpec, identity: Identity) -> dict[str, Any] | None:
     """A student's earlier result, put back at its output paths, if one was kept (``spec.finished``)
-    from a run with the same job spec and the same code; ``None`` when it must be trained. A group
-    reruns when any member's spec changes: the others come back from here instead of retraining."""
+    by a run with the same content identity (job spec, code, and the digests of the teacher checkpoint,
+    HSAKD heads and dataset it read), whose seal holds and whose model file is the one its metrics
+    record; ``None`` when it must be trained (the log says why). A group reruns when any member's spec
+    or input changes: the unchanged members come back from here instead of retraining."""
     folder = spec.finished
-    if not folder or not (Path(folder) / "model.pt").is_file() or not (Path(folder) / "metrics.json").is_file():
+    kept_metrics, kept_model = Path(folder or ".") / "metrics.json", Path(folder or ".") / "model.pt"
+    if not folder or not kept_model.is_file() or not kept_metrics.is_file():
         return None
     try:
-        metrics = read_json_strict(Path(folder) / "metrics.json")
-        kept = metrics["provenance"]
-        same = (spec_fingerprint(kept["config"]) == spec_fingerprint(spec.to_dict())
-                and kept.get("code_fingerprint") == code_fingerprint())
-    except (ValueError, KeyError, TypeError):
-        same = False
-    if not same:
+        metrics = read_json_strict(kept_metrics)
+        problem = (seal_problem(metrics) or output_problem(metrics, "model", kept_model)
+                   or (None if metrics["provenance"].get("identity_key") == identity.key else
+                       identity.changes_from(metrics["provenance"].get("identity"))))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        problem = f"it cannot be read ({error})"
+    if problem:
+        print(f"[{_student_label(spec)}] not reusing the result kept in {folder}: {problem}; training it",
+              flush=True)
         return None
     for name, target in (("model.pt", spec.out_model), ("metrics.json", spec.out_metrics)):
         link_or_copy(Path(folder) / name, target)
-    print(f"[{_student_label(spec)}] reusing the finished result kept "
-          f"in {folder} (same job spec and code); delete that folder to train it again", flush=True)
+    print(f"[{_student_label(spec)}] reusing the finished result kept in {folder} (same job spec, code, "
+          f"teacher and data content); delete that folder to train it again", flush=True)
     return metrics
 
 
@@ -254,14 +267,14 @@ def _keep_finished(spec: StudentSpec) -> None:
 
 
 def student_members(specs: list[StudentSpec], train: Any, teacher: SharedTeacher | None, device: torch.device,
-                    precision: Precision) -> list[Member]:
+                    precision: Precision, identities: list[Identity] | None = None) -> list[Member]:
     """One :class:`Member` per student spec, initialised as its own job would be: the seed, then the
     student's, its teacher's (the job loads the teacher's weights over a fresh model; ``teacher`` is
     None for a method that needs none) and the method's initialisation, in that order."""
     num_classes = train.num_classes
     teacher_shapes = probe_shapes(teacher.model, train.input_shape) if teacher is not None else None
     members = []
-    for spec in specs:
+    for k, spec in enumerate(specs):
         recipe = Recipe(**spec.recipe)
         seed_everything(int(spec.seed))
         student = create_model(spec.student, num_classes)
@@ -276,15 +289,16 @@ def student_members(specs: list[StudentSpec], train: Any, teacher: SharedTeacher
         method = build_method(spec.method, ctx, spec.hparams)
         if precision.channels_last:
             student.to(memory_format=torch.channels_last)
+        resume = _resume(spec, identities[k]) if identities is not None else {}
         members.append(Member(student, Distillation(method, teacher), recipe, seed=int(spec.seed),
-                              device=device, label=_student_label(spec), **_resume(spec)))
+                              device=device, label=_student_label(spec), **resume))
     if precision.channels_last and teacher is not None:
         teacher.model.to(memory_format=torch.channels_last)
     return members
 
 
 def _finish_student(spec: StudentSpec, member: Member, test: Any, train_size: int,
-                    device: torch.device) -> dict[str, Any]:
+                    device: torch.device, identity: Identity) -> dict[str, Any]:
     final = _final_from_history(member.history)
     final["method_hparams"] = member.objective.method.hparams
     if member.objective.method.method_info():
@@ -294,7 +308,8 @@ def _finish_student(spec: StudentSpec, member: Member, test: Any, train_size: in
         final["confusion"] = confusion_matrix(member.model, test, device)
     _save_model(spec.out_model, member.model, spec.student, final["epochs"], final["test_acc"])
     extra_run = {"removed_classes": spec.zero_shot.removed_classes} if spec.zero_shot else None
-    metrics = _finish(spec, "student", final, member.history, device, extra_run)
+    metrics = _finish(spec, "student", final, member.history, device, identity, extra_run,
+                      outputs={"model": spec.out_model})
     _keep_finished(spec)
     return metrics
 
@@ -312,8 +327,9 @@ def prepare_data(spec: DataSpec) -> dict[str, Any]:
     train, test = load_dataset(ds)
     verify_dataset(train, test)
     final = {"train_size": len(train), "test_size": len(test), "num_classes": train.num_classes,
-             "input_shape": list(train.input_shape)}
-    return _finish(spec, "prepare_data", final, [], torch.device("cpu"))
+             "input_shape": list(train.input_shape), "content_digest": data_digest(train, test)}
+    identity = Identity(spec_fingerprint(spec.to_dict()), code_fingerprint())
+    return _finish(spec, "prepare_data", final, [], torch.device("cpu"), identity)
 
 
 @stage(SyntheticSpec)
@@ -330,14 +346,15 @@ def train_hsakd_heads(spec: HeadsSpec) -> dict[str, Any]:
     from mcmi.distill.hsakd import HSAKDTeacherHeads, save_teacher_heads
 
     recipe = Recipe(**spec.recipe)
-    device, train, test = _setup(spec)
+    device, train, test, identity = _setup(spec)
     teacher = _load_model(spec.model, train.num_classes, spec.checkpoint)
     for p in teacher.parameters():
         p.requires_grad_(False)
     heads_kind = spec.hparams.get("heads", "auto")
     objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes, spec.model, heads_kind)
     history = fit(teacher, objective, train, test, recipe, seed=int(spec.seed), device=device,
-                  **_resume(spec), label=f"hsakd heads {spec.model}")
+                  **_resume(spec, identity), label=f"hsakd heads {spec.model}")
     save_teacher_heads(objective.heads, spec.out_model)
     return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"], "train_loss": history[-1]["train_loss"],
-                                         "heads": objective.heads.kind}, history, device)
+                                         "heads": objective.heads.kind}, history, device, identity,
+                   outputs={"model": spec.out_model})

@@ -3,9 +3,10 @@
 Per epoch it checkpoints everything needed to resume (model, objective, optimiser, schedule,
 random-number state, history) to ``resume_path`` -- a path that is not a declared Snakemake output --
 so a killed job continues where it stopped and ends with the same result as an uninterrupted run.
-A checkpoint carries the fingerprint of the job spec that wrote it (``resume_key``): one written by
-another spec (an edited recipe, a fixed learning rate) or one that cannot be read is discarded with a
-log line and the job starts afresh. Any NaN/inf -- in a training loss or in an evaluation (test loss,
+A checkpoint carries the key of the job that wrote it (``resume_key``; the workflow's stages pass their
+content identity, :mod:`mcmi.identity`: spec, code and the digests of every input file): one written by
+another job (an edited recipe, a retrained teacher under the same path, changed code) or one that cannot
+be read is discarded with a log line saying what changed, and the job starts afresh. Any NaN/inf -- in a training loss or in an evaluation (test loss,
 accuracy, CMI, LL) -- fails the job with :class:`NonFiniteLossError`.
 """
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcmi.cmi import cmi_and_ll, collect_probs
+from mcmi.identity import Identity
 from mcmi.objectives import Objective
 from mcmi.provenance import load_torch, save_torch_atomic
 
@@ -170,9 +172,11 @@ def _log(message: str) -> None:
     print(message, file=sys.stdout, flush=True)
 
 
-def _resumable_state(path: str | os.PathLike | None, key: str | None, label: str) -> dict[str, Any] | None:
-    """The resume checkpoint at ``path`` if it exists, can be read and was written by the spec with
-    fingerprint ``key``; otherwise ``None``, after discarding the file with a log line saying why."""
+def _resumable_state(path: str | os.PathLike | None, key: str | None, label: str,
+                     parts: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The resume checkpoint at ``path`` if it exists, can be read and was written by the job with
+    key ``key``; otherwise ``None``, after discarding the file with a log line saying why (what
+    changed, when ``parts``, the identity behind the key, is given)."""
     if path is None or not Path(path).is_file():
         return None
     try:
@@ -184,9 +188,11 @@ def _resumable_state(path: str | os.PathLike | None, key: str | None, label: str
         _log(f"[{label}] discarding unreadable resume checkpoint {path} ({error}); starting afresh")
         Path(path).unlink(missing_ok=True)
         return None
-    if state.get("spec_fingerprint") != key:
-        _log(f"[{label}] discarding resume checkpoint {path}: it was written by another job spec "
-             f"(fingerprint {str(state.get('spec_fingerprint'))[:12]}, this job {str(key)[:12]}); starting afresh")
+    if state.get("resume_key") != key:
+        why = (f"key {str(state.get('resume_key'))[:12]}, this job {str(key)[:12]}" if parts is None else
+               Identity.from_dict(parts).changes_from(state.get("resume_parts")))
+        _log(f"[{label}] discarding resume checkpoint {path}: it was written by another job ({why}); "
+             f"starting afresh")
         Path(path).unlink(missing_ok=True)
         return None
     return state
@@ -218,9 +224,11 @@ class Member:
 
     def __init__(self, model: nn.Module, objective: Objective, recipe: Recipe, *, seed: int,
                  device: torch.device, label: str, resume_path: str | os.PathLike | None = None,
-                 resume_key: str | None = None, cmi_every: int = 0, stop_after_epoch: int | None = None) -> None:
+                 resume_key: str | None = None, resume_parts: dict[str, Any] | None = None, cmi_every: int = 0,
+                 stop_after_epoch: int | None = None) -> None:
         self.model, self.objective, self.recipe, self.label = model, objective, recipe, label
-        self.resume_path, self.resume_key, self.cmi_every = resume_path, resume_key, cmi_every
+        self.resume_path, self.resume_key, self.resume_parts = resume_path, resume_key, resume_parts
+        self.cmi_every = cmi_every
         model.to(device)
         objective.to(device)
         params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
@@ -236,7 +244,7 @@ class Member:
         self.failure: str | None = None
         self.sums: _StepSums | None = None     # this epoch's running sums (set by the epoch loop)
         self.tic = 0.0
-        state = _resumable_state(resume_path, resume_key, label)
+        state = _resumable_state(resume_path, resume_key, label, resume_parts)
         if state is not None:
             model.load_state_dict(state["model"])
             objective.load_state_dict(state["objective"])
@@ -257,7 +265,7 @@ class Member:
                 "model": self.model.state_dict(), "objective": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "data_generator": self.data_gen.get_state(),
                 "rng": self.rng, "history": self.history, "epoch": self.epochs_done,
-                "spec_fingerprint": self.resume_key,
+                "resume_key": self.resume_key, "resume_parts": self.resume_parts,
             })
 
 
@@ -390,6 +398,7 @@ def fit(
     device: torch.device,
     resume_path: str | os.PathLike | None = None,
     resume_key: str | None = None,
+    resume_parts: dict[str, Any] | None = None,
     augment: bool = True,
     cmi_every: int = 0,
     stop_after_epoch: int | None = None,
@@ -402,10 +411,11 @@ def fit(
     ``cmi_every`` > 0 adds the training-set CMI/LL every that many epochs (Figure 2);
     ``stop_after_epoch`` ends early with the schedule of the full recipe (early-stopped teacher).
     The data order and augmentation come from a generator seeded with ``seed``. ``resume_key``
-    (the job spec's fingerprint) is stored with each resume checkpoint; only a checkpoint with the
-    same key is resumed."""
+    (the job's content identity; ``resume_parts`` its parts, for the log) is stored with each resume
+    checkpoint; only a checkpoint with the same key is resumed."""
     member = Member(model, objective, recipe, seed=seed, device=device, label=label, resume_path=resume_path,
-                    resume_key=resume_key, cmi_every=cmi_every, stop_after_epoch=stop_after_epoch)
+                    resume_key=resume_key, resume_parts=resume_parts, cmi_every=cmi_every,
+                    stop_after_epoch=stop_after_epoch)
     fit_members([member], train, test, device=device, augment=augment, precision=precision)
     _set_rng_state(member.rng)     # the process's random stream goes on as if the member had used it
     return member.history

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -121,6 +123,21 @@ class StreamingImageFolder:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
+
+    def content_digest(self) -> str:
+        """SHA-256 of this split as a job reads it: class names, each image's path (relative to the
+        root), label and size in bytes, and the image size. The pixels are not read (ImageNet's are
+        150 GB): an image replaced by another of the same size and name is not noticed."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        samples = [self.tree.samples[int(i)] for i in self.indices]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            sizes = list(pool.map(lambda sample: os.stat(sample[0]).st_size, samples))
+        digest = hashlib.sha256(json.dumps({"classes": self.tree.classes, "image_size": self.image_size,
+                                            "train": self.train}).encode())
+        for (path, label), size in zip(samples, sizes):
+            digest.update(f"{os.path.relpath(path, self.root)}\0{label}\0{size}\n".encode())
+        return digest.hexdigest()
 
     def verify_images(self) -> None:
         """Check that every image of this split opens (the data job runs this once)."""

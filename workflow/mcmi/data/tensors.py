@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -58,6 +60,16 @@ class TensorImageDataset:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def content_digest(self) -> str:
+        """SHA-256 of what a job sees of this split: pixels, labels, class count, normalisation and
+        augmentation padding (part of every job's content identity, :mod:`mcmi.identity`)."""
+        digest = hashlib.sha256(json.dumps(
+            {"shape": list(self.images.shape), "num_classes": self.num_classes, "mean": list(self.mean),
+             "std": list(self.std), "crop_padding": self.crop_padding}, sort_keys=True).encode())
+        digest.update(self.images.contiguous().numpy())
+        digest.update(self.labels.contiguous().numpy())
+        return digest.hexdigest()
 
     def subset(self, indices: torch.Tensor, name: str | None = None) -> "TensorImageDataset":
         """The samples at ``indices`` (positions are renumbered from 0)."""

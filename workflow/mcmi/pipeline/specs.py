@@ -24,6 +24,7 @@ class JobSpec:
 
     STAGE: ClassVar[str] = ""
     KEEP_NULL: ClassVar[tuple[str, ...]] = ()    # fields written even when None
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ()  # fields naming files the job reads ('a.b': key b of dict a)
 
     def to_dict(self) -> SpecDict:
         out: SpecDict = {"stage": self.STAGE}
@@ -37,6 +38,20 @@ class JobSpec:
                 value = [member.to_dict() for member in value]
             out[f.name] = value
         return out
+
+    def input_files(self) -> dict[str, str]:
+        """The files this job reads, by field name (those of ``INPUT_FILES`` that are set): what its
+        content identity (:mod:`mcmi.identity`) digests besides the dataset."""
+        files = {}
+        for name in self.INPUT_FILES:
+            value: Any = self
+            for part in name.split("."):
+                value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+                if value is None:
+                    break
+            if value is not None:
+                files[name] = str(value)
+        return files
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys): the same spec gives the same text whatever the config's key order."""
@@ -140,6 +155,7 @@ class ImportSpec(TrainingJob):
     """Take a pretrained RepDistiller checkpoint as the MLL teacher."""
 
     STAGE: ClassVar[str] = "import"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
     model: str
     checkpoint: str
     out_model: str
@@ -150,6 +166,7 @@ class MCMISpec(TrainingJob):
     """Fine-tune the MLL teacher at ``teacher_checkpoint`` to maximise LL + lam * CMI."""
 
     STAGE: ClassVar[str] = "mcmi"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("teacher_checkpoint",)
     model: str
     teacher_checkpoint: str
     lam: float
@@ -163,6 +180,7 @@ class MeasureSpec(TrainingJob):
     """Test accuracy and training-set CMI/LL of a teacher at a temperature."""
 
     STAGE: ClassVar[str] = "measure"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
     model: str
     checkpoint: str
     temperature: float = 1.0
@@ -173,6 +191,7 @@ class HeadsSpec(TrainingJob):
     """HSAKD's first stage: the teacher's auxiliary heads on its frozen backbone."""
 
     STAGE: ClassVar[str] = "hsakd_heads"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
     model: str
     checkpoint: str
     recipe: SpecDict
@@ -185,6 +204,7 @@ class StudentSpec(TrainingJob):
     """Distil one student from a frozen teacher with one method (``vanilla``: no teacher)."""
 
     STAGE: ClassVar[str] = "student"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("teacher_checkpoint", "extra.hsakd_teacher_heads")
     student: str
     method: str
     recipe: SpecDict
