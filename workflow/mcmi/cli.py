@@ -69,15 +69,31 @@ def _cmd_adopt_teacher(args: argparse.Namespace) -> None:
     adopt_teacher(args.models, args.metrics, args.out_model, args.out_metrics, selection=args.selection, lam=args.lam)
 
 
+def _verify_inputs(args: argparse.Namespace) -> None:
+    """Check every metrics file before it is aggregated (see mcmi.report.records), and, with
+    ``--plan-config``, that each is what that config plans for its path (no stale result)."""
+    from mcmi.report.records import check_against_plan, load_metrics
+
+    records = load_metrics(args.metrics)
+    if args.plan_config:
+        from mcmi.pipeline import WorkflowConfig
+
+        text = args.plan_config
+        config = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(Path(text).read_text())
+        check_against_plan(records, WorkflowConfig(config, repo=Path(__file__).resolve().parents[2]))
+
+
 def _cmd_table(args: argparse.Namespace) -> None:
     from mcmi.report import make_table
 
+    _verify_inputs(args)
     make_table(args.number, args.metrics, args.paper_dir, args.out)
 
 
 def _cmd_figure(args: argparse.Namespace) -> None:
     from mcmi.report import make_figure
 
+    _verify_inputs(args)
     make_figure(args.number, args.metrics, args.out)
 
 
@@ -134,6 +150,9 @@ def build_parser(report_ids: bool = True) -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="output prefix (extensions are added)")
         if name == "table":
             p.add_argument("--paper-dir", default="config/paper")
+        p.add_argument("--plan-config", metavar="CONFIG",
+                       help="a workflow config (YAML file, or inline JSON as the rules pass it): refuse metrics "
+                            "files that this config would not make (stale results)")
         p.add_argument("metrics", nargs="*")
         p.set_defaults(func=func)
 

@@ -1,7 +1,7 @@
 """What a result is the product of: its job spec, the code, and the *content* of every file it consumed.
 
-A job's :class:`Identity` has three parts: the fingerprint of its spec (which names input files by
-path), the package's code fingerprint, and the SHA-256 of each input it read (the teacher checkpoint, a
+A job's :class:`Identity` has three parts: the fingerprint of its spec without file locations
+(:meth:`JobSpec.fingerprint`), the package's code fingerprint, and the SHA-256 of each input it read (the teacher checkpoint, a
 pretrained file, HSAKD's heads, the dataset's content). Its ``key`` is the digest of the three, like a
 build system's content-addressed cache key: a teacher retrained under the same path changes the key of
 every student distilled from it. Reuse of a kept result and resume from a checkpoint happen only under
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mcmi.provenance import canonical_json, code_fingerprint, spec_fingerprint
+from mcmi.provenance import canonical_json, code_fingerprint
 
 _CHUNK = 1 << 22
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}   # (path, inode, size, mtime_ns) -> sha256
@@ -97,7 +97,7 @@ def job_identity(spec: Any, data: str) -> Identity:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{role} {path} not found (needed by the job writing {spec.out_metrics})")
         inputs[role] = file_digest(path)
-    return Identity(spec_fingerprint(spec.to_dict()), code_fingerprint(), inputs)
+    return Identity(spec.fingerprint(), code_fingerprint(), inputs)
 
 
 SEAL_KEY = "seal"

@@ -7,6 +7,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Sequence
 
+from mcmi.identity import sealed
 from mcmi.provenance import copy_file_atomic, now, read_json_strict, versions, write_json_atomic
 
 
@@ -57,5 +58,5 @@ def adopt_teacher(models: Sequence[str], metrics: Sequence[str], out_model: str,
     adopted["adopted"] = {"from": str(Path(metrics_path).parent), "lambda_star": lam,
                           "by": "selection" if selection else "paper value", "selection_file": selection}
     copy_file_atomic(model, out_model)
-    write_json_atomic(out_metrics, adopted)
+    write_json_atomic(out_metrics, sealed(adopted))
     return lam

@@ -21,7 +21,7 @@ from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, HeadsSpec, ImportSpe
                                  StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, TrainingJob, parse_spec)
 from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
 from mcmi.provenance import (code_fingerprint, link_or_copy, now, provenance, read_json_strict,
-                             remove_stale_temporaries, save_torch_atomic, spec_fingerprint, write_json_atomic)
+                             remove_stale_temporaries, save_torch_atomic, write_json_atomic)
 from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members, measure_cmi,
                         pick_device, seed_everything)
 
@@ -328,7 +328,7 @@ def prepare_data(spec: DataSpec) -> dict[str, Any]:
     verify_dataset(train, test)
     final = {"train_size": len(train), "test_size": len(test), "num_classes": train.num_classes,
              "input_shape": list(train.input_shape), "content_digest": data_digest(train, test)}
-    identity = Identity(spec_fingerprint(spec.to_dict()), code_fingerprint())
+    identity = Identity(spec.fingerprint(), code_fingerprint())
     return _finish(spec, "prepare_data", final, [], torch.device("cpu"), identity)
 
 
@@ -337,7 +337,8 @@ def synthetic(spec: SyntheticSpec) -> dict[str, Any]:
     """The synthetic Gaussian task at one delta_mu under one preset (Table 5)."""
     from mcmi.synthetic import run_synthetic
 
-    return run_synthetic(spec.synthetic, float(spec.delta_mu), spec.out_metrics, spec.preset)
+    return run_synthetic(spec.synthetic, float(spec.delta_mu), spec.out_metrics, spec.preset,
+                         Identity(spec.fingerprint(), code_fingerprint()))
 
 
 @stage(HeadsSpec)

@@ -3,11 +3,31 @@ import os
 from pathlib import Path
 
 from mcmi.pipeline import WorkflowConfig  # noqa: E402
+from mcmi.pipeline.lock import ResultsLock  # noqa: E402
+from mcmi.provenance import canonical_json  # noqa: E402
 from mcmi.pipeline.naming import TRAINED_TEACHER_VARIANT, WILDCARDS  # noqa: E402
 
 # The schema check, its defaults and the checks beyond it: mcmi.pipeline.config (one place for rules and code).
 W = WorkflowConfig(config, repo=Path(workflow.basedir))
 P = W.paths.pattern     # P("student_metrics") -> the path template with its {wildcards}
+# The config this results folder is planned with, rewritten only when it changes: tables and figures
+# depend on it, so after any config change they rerun and refuse inputs the new config would not make.
+PLAN_CONFIG = W.record_plan_config()
+
+# One pipeline run per results folder (Snakemake's own lock covers one working directory only).
+RESULTS_LOCK = ResultsLock(W.results)
+
+
+onstart:
+    RESULTS_LOCK.acquire()
+
+
+onsuccess:
+    RESULTS_LOCK.release()
+
+
+onerror:
+    RESULTS_LOCK.release()
 
 # envs/mcmi.yaml installs this repository's package (for its dependencies) from ${MCMI_REPO}; pip
 # expands the variable when Snakemake builds the env, which happens after this file is read.

@@ -5,7 +5,8 @@
 
 rule table:
     input:
-        lambda wc: W.table_inputs(wc.n),
+        metrics=lambda wc: W.table_inputs(wc.n),
+        plan=PLAN_CONFIG,
     output:
         md=report(P("table", ext="md"), category="Tables"),
         tex=P("table", ext="tex"),
@@ -13,31 +14,35 @@ rule table:
     params:
         paper=W.paper_dir,
         prefix=lambda wc, output: os.path.splitext(output.md)[0],
+        plan=canonical_json(W.config),
     log:
         P("log_table"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
         mcmi(
-            "table --paper-dir {params.paper} --out {params.prefix} {wildcards.n} {input} > {log} 2>&1"
+            "table --paper-dir {params.paper} --plan-config {params.plan:q} --out {params.prefix} {wildcards.n} "
+            "{input.metrics} > {log} 2>&1"
         )
 
 
 rule figure:
     input:
-        lambda wc: W.figure_inputs(int(wc.n)),
+        metrics=lambda wc: W.figure_inputs(int(wc.n)),
+        plan=PLAN_CONFIG,
     output:
         pdf=P("figure", ext="pdf"),
         png=report(P("figure", ext="png"), category="Figures"),
     params:
         prefix=lambda wc, output: os.path.splitext(output.pdf)[0],
+        plan=canonical_json(W.config),
     log:
         P("log_figure"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
         mcmi(
-            "figure --out {params.prefix} {wildcards.n} {input} > {log} 2>&1"
+            "figure --plan-config {params.plan:q} --out {params.prefix} {wildcards.n} {input.metrics} > {log} 2>&1"
         )
 
 

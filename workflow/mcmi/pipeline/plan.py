@@ -12,8 +12,9 @@ from typing import Any
 from mcmi.pipeline.config import ConfigError, check_config, with_defaults
 from mcmi.pipeline.naming import MCMI, MLL, VARIANTS, Setting, Variant, grid_variant, number_text, split_pair
 from mcmi.pipeline.paths import Paths
-from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, MCMISpec, MeasureSpec, StudentGroupSpec,
-                                 StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
+from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec,
+                                 StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
+from mcmi.provenance import canonical_json, read_json_strict, write_text_atomic
 from mcmi.synthetic.task import resolve_config, split_sizes
 
 @dataclass(frozen=True, order=True)
@@ -407,6 +408,68 @@ class WorkflowConfig:
         if target not in specs:
             raise ConfigError(f"no target {target!r}; known: {list(specs)}")
         return specs[target].input_files(self)
+
+    # ------------------------------------------------------------------ what made an output
+    def planned_spec(self, path: str) -> JobSpec | None:
+        """The job spec this config plans for the job writing metrics file ``path``; ``None`` for a
+        file no job spec describes (lambda* selections), or an adopted MCMI teacher whose lambda* is
+        not chosen yet. The tables compare it with the spec a file records (stale results)."""
+        p = self.paths
+        if m := p.parse("student_metrics", path):
+            return self.student_spec(m["dataset"], m["teacher"], m["student"], m["method"], m["variant"],
+                                     m["setting"], m["seed"])
+        if m := p.parse("vanilla_metrics", path):
+            return self.vanilla_spec(m["dataset"], m["student"], m["seed"])
+        if m := p.parse("teacher_metrics", path):
+            variant = Variant.parse(m["variant"])
+            if variant.kind != MCMI:
+                return self.teacher_spec(m["dataset"], m["teacher"], m["variant"])
+            lam = variant.lam if variant.lam is not None else self.adopted_lambda(m["dataset"], m["teacher"])
+            return None if lam is None else self.mcmi_spec(m["dataset"], m["teacher"], number_text(lam))
+        if m := p.parse("measure", path):
+            return self.measure_spec(m["dataset"], m["teacher"], m["variant"], m["temp"])
+        if m := p.parse("hsakd_heads_metrics", path):
+            return self.hsakd_heads_spec(m["dataset"], m["teacher"], m["variant"])
+        if m := p.parse("synthetic", path):
+            return self.synthetic_spec(m["preset"], m["dmu"])
+        if m := p.parse("data_ready", path):
+            return self.data_spec(m["dataset"])
+        return None
+
+    def adopted_lambda(self, ds: str, teacher: str) -> float | None:
+        """lambda* of the MCMI teacher: the paper's value, or the one the selection file records
+        (``None`` while it is not chosen)."""
+        if self.selection_mode() == "paper":
+            return self.paper_lambda_star(ds, teacher)
+        selection = Path(self.lambda_star_file(ds, teacher))
+        return float(read_json_strict(selection)["final"]["lambda_star"]) if selection.is_file() else None
+
+    def rule_of(self, path: str) -> str:
+        """The name of the rule whose job writes ``path`` (for the rebuild hint of a stale file)."""
+        if cell := self._cell(path):
+            return next((g.name for g in self.student_groups() if cell in g.cells), "students")
+        for template, rule in (("vanilla_metrics", "student_vanilla"), ("measure", "measure"),
+                               ("hsakd_heads_metrics", "hsakd_heads"), ("synthetic", "synthetic"),
+                               ("data_ready", "prepare_data")):
+            if self.paths.parse(template, path):
+                return rule
+        if m := self.paths.parse("teacher_metrics", path):
+            variant = Variant.parse(m["variant"])
+            return "teacher" if variant.kind != MCMI else "mcmi_finetune" if variant.lam is not None else "mcmi_selected"
+        return "?"
+
+    def plan_config_file(self) -> str:
+        """The config the results folder was last planned with (canonical JSON; every table and
+        figure depends on it, so a config change re-checks them even without Snakemake's metadata)."""
+        return self.paths.path("plan_config")
+
+    def record_plan_config(self) -> str:
+        """Write :meth:`plan_config_file` when its content differs from this config (so its time
+        stamp changes only with the config); returns its path."""
+        path, text = Path(self.plan_config_file()), canonical_json(self.config) + "\n"
+        if not path.is_file() or path.read_text() != text:
+            write_text_atomic(path, text)
+        return str(path)
 
     # ------------------------------------------------------------------ resources
     def mem_mb(self, ds: str) -> int:

@@ -8,12 +8,13 @@ not written, so the JSON holds exactly the keys a job has.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from mcmi.provenance import canonical_json
+from mcmi.provenance import canonical_json, spec_fingerprint
 
 SpecDict = dict[str, Any]
 
@@ -53,6 +54,25 @@ class JobSpec:
                 files[name] = str(value)
         return files
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what decides this job's result, without where its files live: the spec less its
+        output and bookkeeping paths (``LOCATION_FIELDS``), with each input file's path replaced by a
+        placeholder (the job's identity digests that file's content instead) and the dataset's
+        location (``root``, ``download``) left out (its content is digested too). A results folder
+        that is moved, or a teacher file that is copied elsewhere, keeps the identity of what it holds."""
+        data = copy.deepcopy(self.to_dict())
+        for name in LOCATION_FIELDS:
+            data.pop(name, None)
+        for name in self.input_files():
+            *parents, last = name.split(".")
+            holder = data
+            for part in parents:
+                holder = holder[part]
+            holder[last] = "<input file: content digested>"
+        if isinstance(data.get("dataset"), dict):
+            data["dataset"] = {k: v for k, v in data["dataset"].items() if k not in ("root", "download")}
+        return spec_fingerprint(data)
+
     def to_json(self) -> str:
         """Canonical JSON (sorted keys): the same spec gives the same text whatever the config's key order."""
         return canonical_json(self.to_dict())
@@ -79,6 +99,10 @@ class JobSpec:
     def nested(cls) -> dict[str, Callable[[Any], Any]]:
         """How fields holding nested blocks are read from their JSON form (none by default)."""
         return {}
+
+
+# Fields that say where a job writes (its outputs, resume point and kept copy), not what it computes.
+LOCATION_FIELDS = ("out_metrics", "out_model", "resume", "finished")
 
 
 def _required(f: dataclasses.Field) -> bool:

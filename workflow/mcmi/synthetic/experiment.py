@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mcmi.cmi import class_centroids, cmi_and_ll
+from mcmi.identity import Identity, sealed
 from mcmi.provenance import provenance, write_json_atomic
 from mcmi.synthetic.stack import MLPStack
 from mcmi.synthetic.task import (DEFAULT_PRESET, SPLITS, TARGETS, TaskData, accuracy, pdist, resolve_config,
@@ -186,9 +187,9 @@ def _log_lambda_choice(run: Run, scores: dict[str, dict[str, Any]], grid: list[f
 
 
 def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str,
-                  preset: str = DEFAULT_PRESET) -> dict[str, Any]:
+                  preset: str = DEFAULT_PRESET, identity: Identity | None = None) -> dict[str, Any]:
     """Run Table 5 for one ``delta_mu`` under ``preset`` (:data:`~mcmi.synthetic.task.PRESETS`) end to end
-    and write the metrics JSON to ``out_path``.
+    and write the metrics JSON to ``out_path`` (recording the job's ``identity`` when given).
 
     Config keys (paper values as defaults, see :data:`~mcmi.synthetic.task.DEFAULTS`; a preset sets the
     convention keys):
@@ -258,6 +259,9 @@ def run_synthetic(config: dict[str, Any], delta_mu: float, out_path: str,
         "history": history,
         "provenance": {**prov, "device": "cpu"},
     }
-    write_json_atomic(out_path, result)
+    if identity is not None:
+        result["provenance"].update(spec_fingerprint=identity.spec, identity=identity.to_dict(),
+                                    identity_key=identity.key)
+    write_json_atomic(out_path, sealed(result))
     print(f"[synthetic dmu={delta_mu}] done in {elapsed:.1f}s -> {out_path}")
     return result
