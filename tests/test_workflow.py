@@ -214,6 +214,16 @@ def test_edits_rerun_exactly_the_jobs_whose_spec_changed(tmp_path):
     torch.manual_seed(1)
     torch.save({"model": create_model("resnet14", 10).state_dict()}, checkpoint)
     assert plan() == {"teacher": 1, kd_group: 1}
+    # ... and the student, whose spec names the teacher by path only, is retrained, not reused (issue 21, case 3)
+    result = snakemake(*targets, "--cores", "2", "--configfile", str(config), workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / f"results/logs/student_groups/{kd_group}.log").read_text()
+    assert "not reusing the result kept" in log and "input 'teacher_checkpoint'" in log, log
+    from mcmi.identity import file_digest
+
+    student = yaml.safe_load((results / "resnet14-resnet8/KD/MLL/full/seed0/metrics.json").read_text())
+    teacher = tmp_path / "results/digits/teachers/resnet14/MLL/model.pt"
+    assert student["provenance"]["identity"]["inputs"]["teacher_checkpoint"] == file_digest(teacher)
 
 
 @pytest.mark.parametrize("edit_before_rerun", [False, True], ids=["same-spec-resumes", "edited-spec-restarts"])
