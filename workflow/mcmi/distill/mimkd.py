@@ -140,9 +140,9 @@ class MIMKD(DistillMethod):
       Only the pooled final vectors f_t(x), f_s(x) are outside R, so each network's deepest map is
       a candidate. Two choices the paper leaves open are named: ``include_stem`` (default False:
       ``stages[0]``, the stem's output — VGG's first block — is not a candidate, as the stage lists
-      RepDistiller's feature methods take) and ``same_size_map`` (default ``deepest``: of two maps of
-      one size in one network — CIFAR ResNets' stem and stage 1, MobileNetV2's stem and stage 1, VGG's
-      last two blocks — the deeper one).
+      RepDistiller's feature methods take) and ``same_size_map`` (default ``deepest``: of two candidate
+      maps of one size in one network — VGG's last two blocks; with ``include_stem`` also a stem of
+      stage 1's size, as in CIFAR ResNets and MobileNetV2 — the deeper one).
     - feature (eq. 5): −(1/K) Σ_k (1/m_k²) Σ_ij Î_JSD(f_t^(k)_ij, f_s^(k)_ij), a mean over the K pairs
       with a distinct ``ConvCritic`` per pair on [f_t^(k), f_s^(k)] (§3.6).
     - local (eq. 4): −(1/m_K²) Σ_ij Î_JSD(f_t(x), f_s^(K)_ij), f_s^(K) the student's map of the last
@@ -192,8 +192,8 @@ class MIMKD(DistillMethod):
             raise ValueError(
                 f"methods.MIMKD: student {ctx.student_name or '?'} (map sizes "
                 f"{[map_size(s) for s in student.stages]}) and teacher {ctx.teacher_name or '?'} "
-                f"({[map_size(s) for s in teacher.stages]}) share no feature-map size outside the stems "
-                f"(include_stem: {hp['include_stem']}); the feature and local terms need at least one")
+                f"({[map_size(s) for s in teacher.stages]}) share no feature-map size with include_stem "
+                f"{hp['include_stem']}; the feature and local terms need at least one")
         hidden = int(hp["critic_hidden"])
         if hp["global_bound"] == "nce":
             self.global_nce = CRD(ctx, **{k: hp[k] for k in ("feat_dim", "nce_k", "nce_t", "nce_m")})
