@@ -12,8 +12,9 @@ from torch import nn
 from mcmi.data.batch import Batch
 from mcmi.distill import PairContext, build_method
 from mcmi.distill.crd import CRD
-from mcmi.distill.itrd import correlation_loss, gram, mutual_information_loss
-from mcmi.distill.mimkd import MIMKD, ConvCritic, jsd_mi_bound, shuffled
+from mcmi.distill.itrd import correlation_loss, gram, mutual_information_loss, silverman_sigma
+from mcmi.distill.mimkd import (MIMKD, ConvCritic, ProjectDotCritic, jsd_mi_bound, negative_offset,
+                                pairs_by_size, roll_batch)
 from mcmi.models.base import Features, FeatureShapes
 
 NUM_CLASSES = 10
@@ -48,6 +49,12 @@ def gen() -> torch.Generator:
 
 
 # ------------------------------------------------------------------------------------------- MIMKD
+# Small shapes for the set R: the student has a stem and a stage 1 of 16x16 (a pair of one size in one
+# network), the teacher two 8x8 maps and a 2x2 map the student lacks.
+R_STUDENT = ((8, 16, 16), (16, 16, 16), (32, 8, 8), (64, 4, 4))
+R_TEACHER = ((8, 16, 16), (16, 8, 8), (24, 8, 8), (32, 4, 4), (48, 2, 2))
+
+
 def test_jsd_bound_closed_form() -> None:
     zeros = torch.zeros(3)
     assert jsd_mi_bound(zeros, zeros).item() == pytest.approx(-2 * math.log(2))
@@ -59,52 +66,159 @@ def test_jsd_bound_closed_form() -> None:
     assert jsd_mi_bound(torch.full((4,), -40.0), torch.full((4,), 40.0)).item() == pytest.approx(-80.0, rel=1e-6)
 
 
-def test_shuffled_pairs_every_row_with_another_sample() -> None:
+def test_negative_offset_pairs_every_row_with_another_sample() -> None:
     x = torch.arange(6).float().unsqueeze(1)
     for _ in range(20):
-        y = shuffled(x)
-        assert sorted(y.squeeze(1).tolist()) == list(range(6))
-        assert (y != x).all()
+        offset = negative_offset(6)
+        assert 1 <= offset <= 5
+        y = roll_batch(x, offset)
+        assert sorted(y.squeeze(1).tolist()) == list(range(6)) and (y != x).all()
+        assert y[offset].item() == 0.0       # row b holds row b − offset
+    assert negative_offset(2) == 1 and negative_offset(1) == 0
     two = torch.tensor([[1.0], [2.0]])
-    assert torch.equal(shuffled(two), two.flip(0))
-    assert torch.equal(shuffled(two[:1]), two[:1])
+    assert torch.equal(roll_batch(two, 1), two.flip(0)) and torch.equal(roll_batch(two, 0), two)
 
 
-def _constant_critics(method: nn.Module, score: float) -> None:
-    """Make every ConvCritic output ``score`` everywhere (last conv: zero weights, bias = score)."""
-    for module in method.modules():
-        if isinstance(module, ConvCritic):
-            last = module.net[-1]
-            nn.init.zeros_(last.weight)
-            nn.init.constant_(last.bias, score)
+@pytest.mark.parametrize("include_stem, same_size_map, expected", [
+    (False, "deepest", [((8, 8), 2, 2), ((4, 4), 3, 3)]),
+    (False, "shallowest", [((8, 8), 2, 1), ((4, 4), 3, 3)]),
+    (True, "deepest", [((16, 16), 1, 0), ((8, 8), 2, 2), ((4, 4), 3, 3)]),
+    (True, "shallowest", [((16, 16), 0, 0), ((8, 8), 2, 1), ((4, 4), 3, 3)]),
+])
+def test_mimkd_pairs_maps_of_the_same_size(include_stem: bool, same_size_map: str,
+                                           expected: list[tuple[tuple[int, int], int, int]]) -> None:
+    """R by hand: one pair per size both networks have (16x16 only with the stems, 2x2 never), the
+    chosen map where a network has two of a size, ordered down to the deepest map."""
+    student, teacher = shapes(R_STUDENT, 64), shapes(R_TEACHER, 48)
+    method = build_method("MIMKD", context(student, teacher),
+                          {"global_bound": "jsd", "include_stem": include_stem, "same_size_map": same_size_map})
+    assert method.feature_pairs_with_sizes() == expected
+    assert method.feature_pairs == pairs_by_size(student, teacher, include_stem, same_size_map)
+    for _, i, j in expected:
+        assert R_STUDENT[i][1:] == R_TEACHER[j][1:]
+    assert [c.net[0].in_channels for c in method.feature_critics] == [R_TEACHER[j][0] + R_STUDENT[i][0]
+                                                                      for _, i, j in expected]
+    assert method.local_stage == 3     # the deepest pair's student map
 
 
-@pytest.mark.parametrize("score", [0.0, 1.5])
-def test_mimkd_terms_with_constant_critics(score: float, gen: torch.Generator) -> None:
-    student, teacher = shapes(STUDENT, 64), shapes(TEACHER, 256)
+def test_mimkd_deepest_map_belongs_to_R_and_carries_the_local_term() -> None:
+    same = shapes(R_STUDENT, 64)
+    method = build_method("MIMKD", context(same, same), {"global_bound": "jsd"})
+    assert method.feature_pairs == [(1, 1), (2, 2), (3, 3)]      # stages[1:], the deepest map included
+    assert method.local_stage == 3 and method.local_critic.net[0].in_channels == 64 + 64
+    # a student whose deepest map (2x2) has no same-sized teacher map: f_s^(K) is its deepest map in R
+    student = shapes(((8, 16, 16), (16, 8, 8), (32, 4, 4), (64, 2, 2)), 64)
+    teacher = shapes(((8, 16, 16), (16, 8, 8), (24, 4, 4)), 24)
     method = build_method("MIMKD", context(student, teacher), {"global_bound": "jsd"})
-    _constant_critics(method, score)
+    assert method.feature_pairs_with_sizes() == [((8, 8), 1, 1), ((4, 4), 2, 2)]
+    assert method.local_stage == 2 and method.local_critic.net[0].in_channels == 24 + 32
+
+
+def _constant_critics(method: nn.Module, scores: list[float]) -> None:
+    """Make the k-th ConvCritic (in module order) output ``scores[k]`` everywhere."""
+    critics = [m for m in method.modules() if isinstance(m, ConvCritic)]
+    assert len(critics) == len(scores)
+    for critic, score in zip(critics, scores):
+        last = critic.net[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.constant_(last.bias, score)
+
+
+def minus_jsd(score: float) -> float:
+    """−Î_JSD when every positive and negative score equals ``score``."""
+    return math.log1p(math.exp(-score)) + math.log1p(math.exp(score))
+
+
+def test_mimkd_feature_term_is_the_mean_over_the_K_pairs(gen: torch.Generator) -> None:
+    """Eq. (5): each pair's bound is a mean over its m_k² locations, then the K pairs are averaged with
+    equal weight (not summed, and not weighted by their sizes); λ_f multiplies that mean."""
+    student, teacher = shapes(R_STUDENT, 64), shapes(R_TEACHER, 48)
+    method = build_method("MIMKD", context(student, teacher),
+                          {"global_bound": "jsd", "include_stem": True, "lambda_f": 0.5})
+    local_score, pair_scores = 0.3, [2.0, -1.0, 0.5]      # R: 16x16, 8x8, 4x4
+    _constant_critics(method, [local_score, *pair_scores])
     terms = method.distill(features(student, 4, True, gen), features(teacher, 4, False, gen), make_batch(4), 1)
-    per_term = math.log1p(math.exp(-score)) + math.log1p(math.exp(score))   # −Î_JSD with every score = c
-    assert method.feature_pairs == [(1, 2), (2, 3)]  # student stages 1..2 with the teacher's deepest intermediates
-    assert terms["mimkd_global"].item() == pytest.approx(1.0 * per_term, rel=1e-6)
-    assert terms["mimkd_local"].item() == pytest.approx(0.75 * per_term, rel=1e-6)
-    assert terms["mimkd_feature"].item() == pytest.approx(1.0 * 2 * per_term, rel=1e-6)
+    per_pair = [minus_jsd(c) for c in pair_scores]
+    assert terms["mimkd_feature"].item() == pytest.approx(0.5 * sum(per_pair) / 3, rel=1e-6)
+    by_location = sum(p * m * m for p, m in zip(per_pair, (16, 8, 4))) / (16 * 16 + 8 * 8 + 4 * 4)
+    assert abs(sum(per_pair) / 3 - by_location) > 0.1 and abs(sum(per_pair) / 3 - sum(per_pair)) > 1
+    assert terms["mimkd_local"].item() == pytest.approx(0.75 * minus_jsd(local_score), rel=1e-6)
 
 
-def test_mimkd_local_term_equals_hand_built_critic_pairs(gen: torch.Generator) -> None:
-    """With a batch of two the shuffle is the swap, so the local term can be rebuilt by hand."""
-    student, teacher = shapes(STUDENT, 64), shapes(TEACHER, 256)
-    method = build_method("MIMKD", context(student, teacher), {"global_bound": "jsd", "lambda_l": 1.0})
-    s, t = features(student, 2, True, gen), features(teacher, 2, False, gen)
-    last = s.stages[-1]
-    t_map = t.pooled[:, :, None, None].expand(-1, -1, 4, 4)
-    pos = method.local_critic(torch.cat([last, t_map], dim=1))
-    neg = method.local_critic(torch.cat([last, t_map.flip(0)], dim=1))
-    assert pos.shape == (2, 1, 4, 4)  # one score per location of the student's last map
-    expected = (nn.functional.softplus(-pos).mean() + nn.functional.softplus(neg).mean()).item()
+def _sum_critic(critic: ConvCritic, teacher_weight: float) -> None:
+    """A one-unit critic whose score is teacher_weight · t + s for non-negative inputs [t, s]."""
+    first, middle, last = (m for m in critic.net if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([teacher_weight, 1.0]).view(1, 2, 1, 1))
+        for conv in (first, middle, last):
+            conv.bias.zero_()
+        middle.weight.fill_(1.0)
+        last.weight.fill_(1.0)
+
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_mimkd_local_and_feature_terms_by_hand() -> None:
+    """One-channel maps, a batch of two (the negative x' of sample b is sample 1 − b) and critics whose
+    score is w·t + s: the local term pairs f_t(x) -- the teacher's pooled vector, not its map -- with
+    every location of the student's deepest map in R; the feature term pairs the teacher's map of the
+    same size location by location; both are −Î_JSD of eq. (2) averaged over the locations."""
+    student = shapes(((1, 4, 4), (1, 2, 2)), 1)
+    teacher = shapes(((1, 4, 4), (1, 2, 2)), 1)
+    method = build_method("MIMKD", context(student, teacher),
+                          {"global_bound": "jsd", "critic_hidden": 1, "lambda_l": 1.0})
+    assert method.feature_pairs == [(1, 1)] and method.local_stage == 1
+    _sum_critic(method.local_critic, teacher_weight=1.0)
+    _sum_critic(method.feature_critics[0], teacher_weight=2.0)   # [f_t, f_s]: the teacher's channel first
+    s_map = [[0.1, 0.2, 0.3, 0.4], [1.0, 0.0, 0.5, 2.0]]         # per sample, the 2x2 locations row by row
+    t_map = [[3.0, 0.0, 1.0, 0.5], [0.2, 0.4, 0.6, 0.8]]
+    t_pooled = [0.5, 2.0]
+    s = Features(stages=[torch.rand(2, 1, 4, 4), torch.tensor(s_map).view(2, 1, 2, 2)], preact_stages=[],
+                 pooled=torch.zeros(2, 1), logits=torch.zeros(2, NUM_CLASSES))
+    t = Features(stages=[torch.rand(2, 1, 4, 4), torch.tensor(t_map).view(2, 1, 2, 2)], preact_stages=[],
+                 pooled=torch.tensor(t_pooled).view(2, 1), logits=torch.zeros(2, NUM_CLASSES))
     terms = method.distill(s, t, make_batch(2), 1)
-    assert terms["mimkd_local"].item() == pytest.approx(expected, rel=1e-5)
+
+    def minus_bound(positive: list[float], negative: list[float]) -> float:
+        return (sum(_softplus(-p) for p in positive) / len(positive)
+                + sum(_softplus(n) for n in negative) / len(negative))
+
+    local_pos = [t_pooled[b] + v for b in range(2) for v in s_map[b]]
+    local_neg = [t_pooled[1 - b] + v for b in range(2) for v in s_map[b]]
+    assert terms["mimkd_local"].item() == pytest.approx(minus_bound(local_pos, local_neg), rel=1e-6)
+    feat_pos = [2 * t_map[b][ij] + s_map[b][ij] for b in range(2) for ij in range(4)]
+    feat_neg = [2 * t_map[1 - b][ij] + s_map[b][ij] for b in range(2) for ij in range(4)]
+    assert terms["mimkd_feature"].item() == pytest.approx(minus_bound(feat_pos, feat_neg), rel=1e-6)
+
+
+def test_mimkd_global_jsd_critic_projects_and_dots() -> None:
+    """§3.6: each side projected by a network with a linear shortcut, the score their dot product. With
+    the nonlinear branches zeroed and identity shortcuts the score is ⟨f_t, f_s⟩, checked by hand."""
+    student, teacher = shapes(((1, 4, 4), (1, 2, 2)), 2), shapes(((1, 4, 4), (1, 2, 2)), 2)
+    method = build_method("MIMKD", context(student, teacher), {"global_bound": "jsd", "global_proj_dim": 2})
+    critic = method.global_critic
+    assert isinstance(critic, ProjectDotCritic)
+    for projection in (critic.project_t, critic.project_s):
+        layers = [type(m).__name__ for m in projection.nonlinear]
+        assert layers == ["Linear", "ReLU", "Linear"]
+        assert torch.equal(torch.diagonal(projection.shortcut.weight.detach()), torch.ones(2))
+        with torch.no_grad():
+            nn.init.zeros_(projection.nonlinear[-1].weight)
+            nn.init.zeros_(projection.nonlinear[-1].bias)
+            projection.shortcut.weight.copy_(torch.eye(2))
+            projection.shortcut.bias.zero_()
+    f_s, f_t = [[1.0, 0.5], [-0.5, 2.0]], [[0.2, 1.0], [1.5, -1.0]]
+    s = Features(stages=[torch.rand(2, 1, 4, 4), torch.rand(2, 1, 2, 2)], preact_stages=[],
+                 pooled=torch.tensor(f_s), logits=torch.zeros(2, NUM_CLASSES))
+    t = Features(stages=[torch.rand(2, 1, 4, 4), torch.rand(2, 1, 2, 2)], preact_stages=[],
+                 pooled=torch.tensor(f_t), logits=torch.zeros(2, NUM_CLASSES))
+    got = method.distill(s, t, make_batch(2), 1)["mimkd_global"].item()
+    dot = [[sum(a * b for a, b in zip(f_t[i], f_s[j])) for j in range(2)] for i in range(2)]   # dot[t][s]
+    positive, negative = [dot[0][0], dot[1][1]], [dot[1][0], dot[0][1]]
+    expected = sum(_softplus(-p) for p in positive) / 2 + sum(_softplus(n) for n in negative) / 2
+    assert got == pytest.approx(expected, rel=1e-6)
 
 
 def test_mimkd_critic_has_the_papers_layers() -> None:
@@ -127,31 +241,45 @@ def test_mimkd_global_nce_is_crds_contrast(gen: torch.Generator) -> None:
     torch.manual_seed(4)
     got = method.distill(s, t, make_batch(4), 1)["mimkd_global"]
     torch.manual_seed(4)
+    negative_offset(4)     # distill draws the JSD terms' negative offset first
     expected = crd.contrast(s.pooled, t.pooled, torch.arange(4))
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("bound", ["nce", "jsd"])
 def test_mimkd_gradients_reach_student_and_own_modules_only(bound: str, gen: torch.Generator) -> None:
-    student, teacher = shapes(STUDENT, 64), shapes(TEACHER, 256)
+    student, teacher = shapes(R_STUDENT, 64), shapes(R_TEACHER, 48)
     method = build_method("MIMKD", context(student, teacher), {"global_bound": bound, "nce_k": 16})
     s, t = features(student, 4, True, gen), features(teacher, 4, False, gen)
     terms = method.distill(s, t, make_batch(4), 1)
     assert set(terms) == {"mimkd_global", "mimkd_local", "mimkd_feature"}
     torch.stack(list(terms.values())).sum().backward()
-    for name, x in [("pooled", s.pooled), ("stage1", s.stages[1]), ("stage2", s.stages[2]), ("stage3", s.stages[3])]:
+    for name, x in [("pooled", s.pooled), ("stage2", s.stages[2]), ("stage3", s.stages[3])]:
         assert x.grad is not None and x.grad.abs().sum() > 0, name
-    assert s.stages[0].grad is None and s.logits.grad is None
+    assert s.stages[0].grad is None and s.stages[1].grad is None and s.logits.grad is None   # not in R
     for name, param in method.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     for x in [*t.stages, t.pooled, t.logits]:
         assert x.grad is None
 
 
-def test_mimkd_bad_bound_names_the_key() -> None:
+def test_mimkd_bad_choices_name_the_key() -> None:
     fs = shapes(STUDENT, 64)
     with pytest.raises(ValueError, match="methods.MIMKD.global_bound"):
         build_method("MIMKD", context(fs, fs), {"global_bound": "dv"})
+    with pytest.raises(ValueError, match="methods.MIMKD.same_size_map"):
+        build_method("MIMKD", context(fs, fs), {"same_size_map": "middle"})
+    with pytest.raises(ValueError, match="include_stem"):
+        build_method("MIMKD", context(fs, fs), {"include_stem": "yes"})
+    with pytest.raises(ValueError, match="share no feature-map size"):
+        build_method("MIMKD", context(fs, shapes(((8, 16, 16), (16, 3, 3)), 16)), {"global_bound": "jsd"})
+
+
+def test_mimkd_defaults_are_the_papers() -> None:
+    hp = build_method("MIMKD", context(shapes(STUDENT, 64), shapes(STUDENT, 64))).hparams
+    assert (hp["ce_weight"], hp["lambda_g"], hp["lambda_l"], hp["lambda_f"]) == (1.0, 1.0, 0.75, 1.0)
+    assert (hp["global_bound"], hp["nce_k"], hp["critic_hidden"]) == ("nce", 4096, 512)
+    assert (hp["include_stem"], hp["same_size_map"], hp["global_proj_dim"]) == (False, "deepest", 2048)
 
 
 # -------------------------------------------------------------------------------------------- ITRD
@@ -179,10 +307,30 @@ def test_itrd_mutual_information_closed_form() -> None:
     # a teacher whose samples are identical carries no pairwise structure: A_st = A_s, loss 0
     same = torch.tensor([[1.0, 1.0], [2.0, 2.0]])
     assert mutual_information_loss(f_s, same).item() == pytest.approx(0.0, abs=1e-7)
-    # RBF Gram: exp(−‖a − b‖² / 2σ²) of the normalised rows; (1,0) vs (1/√2,1/√2): ‖·‖² = 2 − √2
+
+
+def test_itrd_rbf_kernel_is_the_supplements_with_silvermans_width() -> None:
+    """The supplement: κ(a, b) = exp(−‖a − b‖² / 2σ²) in place of the degree-2 polynomial kernel,
+    σ = h · n^(−1/(4+d)). The loss squares ``gram``'s entries (for poly that squaring is the degree-2
+    kernel), so for rbf G ∘ G must be κ itself -- not κ², an RBF of width σ/√2."""
+    assert silverman_sigma(64, 1280, 5.0) == pytest.approx(5.0 * 64 ** (-1 / 1284), rel=1e-12)
+    assert silverman_sigma(2, 2, 1.0) == pytest.approx(2 ** (-1 / 6), rel=1e-12)
+    f_s = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    # normalised rows (1, 0) and (1/√2, 1/√2): ‖·‖² = 2 − √2
     g = gram(f_s, "rbf", sigma=0.5)
-    assert g[0, 1].item() == pytest.approx(math.exp(-(2 - math.sqrt(2)) / 0.5), rel=1e-6)
+    assert (g[0, 1] ** 2).item() == pytest.approx(math.exp(-(2 - math.sqrt(2)) / (2 * 0.25)), rel=1e-6)
     assert torch.allclose(torch.diagonal(g), torch.ones(2))
+    # the whole term by hand: B = 2, D = 2, σ = h · 2^(−1/6) for both sides; Σ A² = Σ κ / B²
+    f_t = torch.tensor([[3.0, 0.0], [0.0, 5.0]])                     # orthogonal rows: ‖·‖² = 2
+    for h in (1.0, 5.0):
+        sigma = h * 2 ** (-1 / 6)
+        k_s = math.exp(-(2 - math.sqrt(2)) / (2 * sigma**2))
+        k_t = math.exp(-2 / (2 * sigma**2))
+        p_s, p_st = (2 + 2 * k_s) / 4, (2 + 2 * k_s * k_t) / 4
+        got = mutual_information_loss(f_s, f_t, "rbf", rbf_h=h)
+        assert got.item() == pytest.approx(p_s - p_st, rel=1e-5)
+        got_log = mutual_information_loss(f_s, f_t, "rbf", rbf_h=h, log2=True)
+        assert got_log.item() == pytest.approx(math.log2(p_s) - math.log2(p_st), rel=1e-5)
 
 
 def test_itrd_terms_use_the_embedding_as_the_reference(gen: torch.Generator) -> None:
@@ -218,6 +366,9 @@ def test_itrd_defaults_follow_the_readme_and_bad_kernel_names_the_key() -> None:
     defaults = build_method("ITRD", context(shapes(STUDENT, 64), shapes(STUDENT, 64))).hparams
     assert (defaults["lambda_corr"], defaults["lambda_mutual"], defaults["alpha_it"]) == (2.0, 1.0, 1.01)
     assert defaults["weight"] == 1.0 and defaults["ce_weight"] == 1.0 and defaults["mi_log2"] is False
+    assert defaults["mi_kernel"] == "poly" and defaults["rbf_h"] == 1.0
+    with pytest.raises(ValueError, match="rbf_h"):
+        build_method("ITRD", context(shapes(STUDENT, 64), shapes(STUDENT, 64)), {"rbf_h": 0.0})
     with pytest.raises(ValueError, match="methods.ITRD.mi_kernel"):
         build_method("ITRD", context(shapes(STUDENT, 64), shapes(STUDENT, 64)), {"mi_kernel": "laplace"})
     assert MIMKD.defaults["lambda_l"] == 0.75 and MIMKD.defaults["nce_k"] == 4096

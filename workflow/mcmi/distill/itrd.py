@@ -32,33 +32,43 @@ def correlation_loss(f_s: torch.Tensor, f_t: torch.Tensor, alpha: float, eps: fl
     return torch.log2((c_st - 1.0).abs().pow(2.0 * alpha).sum())
 
 
-def gram(f: torch.Tensor, kernel: str, sigma: float) -> torch.Tensor:
-    """(B, B) Gram matrix of the L2-normalised rows of ``f``.
+def silverman_sigma(n: int, d: int, h: float) -> float:
+    """Silverman's rule of thumb as the ITRD supplement uses it for the RBF width: σ = h · n^(−1/(4+d)),
+    n the mini-batch size, d the dimensionality of the representation, h an empirical value (1 or 5)."""
+    return h * n ** (-1.0 / (4 + d))
 
-    ``poly``: ⟨f̂_a, f̂_b⟩ (the reference's G = f̂ f̂ᵀ; its element-wise square, the degree-2
-    polynomial kernel, appears through the squares in ``mutual_information_loss``).
-    ``rbf``: exp(−‖f̂_a − f̂_b‖² / (2σ²)), the supplement's alternative.
+
+def gram(f: torch.Tensor, kernel: str, sigma: float = 1.0) -> torch.Tensor:
+    """(B, B) matrix G of the L2-normalised rows f̂ of ``f`` whose element-wise square G ∘ G is the
+    kernel κ of the mutual-information term (``mutual_information_loss`` squares G).
+
+    ``poly``: G = f̂ f̂ᵀ (the reference's G), so κ(a, b) = ⟨f̂_a, f̂_b⟩², the degree-2 polynomial
+    kernel the supplement names. ``rbf``: G = exp(−‖f̂_a − f̂_b‖² / (4σ²)), so that
+    κ(a, b) = exp(−‖f̂_a − f̂_b‖² / (2σ²)), the supplement's RBF kernel of width σ.
     """
     f_hat = F.normalize(f, dim=1)
     if kernel == "poly":
         return f_hat @ f_hat.T
     if kernel == "rbf":
-        return torch.exp(-torch.cdist(f_hat, f_hat).pow(2) / (2.0 * sigma**2))
+        return torch.exp(-torch.cdist(f_hat, f_hat).pow(2) / (4.0 * sigma**2))
     raise ValueError(f"ITRD: mi_kernel must be one of {KERNELS}, got {kernel!r}")
 
 
-def mutual_information_loss(f_s: torch.Tensor, f_t: torch.Tensor, kernel: str = "poly", sigma: float = 1.0,
+def mutual_information_loss(f_s: torch.Tensor, f_t: torch.Tensor, kernel: str = "poly", rbf_h: float = 1.0,
                             log2: bool = False) -> torch.Tensor:
     """ITRD's mutual-information loss from Gram matrices.
 
-    G_s, G_t Gram matrices, G_st = G_s ∘ G_t (Hadamard), each normalised by its trace:
+    G_s, G_t from ``gram`` (for ``rbf`` each side's σ = ``silverman_sigma(B, D, rbf_h)`` of its own
+    (B, D) shape), G_st = G_s ∘ G_t (Hadamard), each normalised by its trace:
     A_s = G_s / tr G_s, A_st = G_st / tr G_st. With the α = 2 matrix entropy
     S₂(A) = −log₂ Σ_ab A_ab², I(s; t) = S₂(A_s) + S₂(A_t) − S₂(A_st) and the student-dependent part
     of −I is log₂ Σ A_s² − log₂ Σ A_st² (``log2=True``, the paper's form). The reference code
     (``distiller_zoo/IT.py``, ``forward_mutual_it``) drops the logarithms: Σ A_s² − Σ A_st²
-    (``log2=False``, the default).
+    (``log2=False``, the default). The rows are unit vectors, so tr G = B and Σ A² = Σ_ab κ_ab / B²
+    (κ_s, or κ_s ∘ κ_t for the joint): the information potential of the kernel.
     """
-    g_s, g_t = gram(f_s, kernel, sigma), gram(f_t, kernel, sigma)
+    sigmas = [silverman_sigma(f.shape[0], f.shape[1], rbf_h) for f in (f_s, f_t)]
+    g_s, g_t = gram(f_s, kernel, sigmas[0]), gram(f_t, kernel, sigmas[1])
     g_st = g_s * g_t
     a_s = g_s / torch.trace(g_s)
     a_st = g_st / torch.trace(g_st)
@@ -81,12 +91,15 @@ class ITRD(DistillMethod):
 
     Reference: roymiles/ITRD ``distiller_zoo/IT.py`` (``ITLoss``, ``Embed`` with n = 1),
     ``helper/loops.py`` (pooled features ``feat[-1]``, ``gamma·CE + beta·(corr + mutual)``) and the
-    README's commands for the CIFAR-100 pairs: -r 1 -b 1 --lambda_corr 2 --lambda_mutual 1 with
-    --alpha_it 1.01 for same-architecture pairs and 1.5 for cross-architecture pairs (set per pair
-    in the config's ``method_pair_overrides.ITRD``). Paper vs code: the paper's MI term takes log₂
-    of the Gram-matrix powers, the code does not — ``mi_log2`` chooses (default False, the code);
-    the supplement's RBF kernel is ``mi_kernel: rbf`` with width ``rbf_sigma`` (default poly);
-    ``eps`` guards the correlation's per-dimension std (0 = the reference, NaN on constant dims).
+    README's commands for the CIFAR-100 pairs (README.md at commit aec76690, the last to list them):
+    -r 1 -b 1 --lambda_corr 2 --lambda_mutual 1 with --alpha_it 1.01 for same-architecture pairs and
+    1.5 for cross-architecture pairs (set per pair in the config's ``method_pair_overrides.ITRD``).
+    Paper vs code: the paper's MI term takes log₂ of the Gram-matrix powers, the code does not —
+    ``mi_log2`` chooses (default False, the code). The supplement's kernels: ``mi_kernel: poly``
+    (default; the degree-2 polynomial kernel the code computes) or ``rbf``, the RBF kernel with
+    Silverman's width σ = ``rbf_h`` · B^(−1/(4+D)) (the supplement tried h = 1 and 5; features
+    L2-normalised first, as for poly). ``eps`` guards the correlation's per-dimension std (0 = the
+    reference, NaN on constant dims).
     """
 
     name: ClassVar[str] = "ITRD"
@@ -98,9 +111,10 @@ class ITRD(DistillMethod):
         "alpha_it": 1.01,
         "mi_kernel": "poly",
         "mi_log2": False,
-        "rbf_sigma": 1.0,
+        "rbf_h": 1.0,
         "eps": 1e-6,
     }
+    positive: ClassVar[tuple[str, ...]] = ("rbf_h",)
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -118,7 +132,7 @@ class ITRD(DistillMethod):
         f_mi = s.pooled if self.same_width else embedded
         hp = self.hparams
         corr = correlation_loss(embedded, f_t, float(hp["alpha_it"]), float(hp["eps"]))
-        mutual = mutual_information_loss(f_mi, f_t, hp["mi_kernel"], float(hp["rbf_sigma"]), bool(hp["mi_log2"]))
+        mutual = mutual_information_loss(f_mi, f_t, hp["mi_kernel"], float(hp["rbf_h"]), bool(hp["mi_log2"]))
         return {
             "itrd_corr": hp["weight"] * hp["lambda_corr"] * corr,
             "itrd_mutual": hp["weight"] * hp["lambda_mutual"] * mutual,
