@@ -58,3 +58,12 @@ def test_mcmi_loss_is_ce_minus_lambda_kl_and_q_gets_no_gradient():
     assert terms["ce"].item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
     (terms["ce"] + terms["cmi"]).backward()
     assert logits.grad is not None and q.grad is None
+
+
+def test_entropy_by_hand_with_zero_probabilities():
+    from mcmi.cmi import entropy
+
+    probs = torch.tensor([[0.25, 0.5, 0.25], [1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    got = entropy(probs)
+    expected = torch.tensor([1.5 * math.log(2), 0.0, math.log(3)])
+    torch.testing.assert_close(got, expected)

@@ -5,6 +5,7 @@ Definitions (paper eqs. 12-13, natural log, nats):
     Q_y  = mean of P_x over the samples x of class y                   (class centroid)
     CMI  = (1/N) sum_y sum_{x in D_y} KL(P_x || Q_y)
     LL   = (1/N) sum_x log P_x[y]                                       (<= 0)
+    H    = (1/N) sum_x H(P_x), H(p) = -sum_k p_k log p_k                  (mean output entropy)
 The MCMI fine-tuning objective maximises LL + lambda * CMI with Q fixed, i.e. minimises
 CE(x, y) - lambda * KL(P_x || Q_y) per batch.
 """
@@ -35,6 +36,13 @@ def kl_to_centroids(probs: torch.Tensor, labels: torch.Tensor, centroids: torch.
     q = centroids[labels].to(probs.dtype)
     terms = probs * (torch.log(probs.clamp_min(_EPS)) - torch.log(q.clamp_min(_EPS)))
     return torch.where(probs > 0, terms, torch.zeros_like(terms)).sum(dim=1)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Per-sample entropy H(P_x) = -sum_k p_k log p_k in nats over the last axis; 0 * log 0 is taken
+    as 0. Differentiable (the entropy-regularised teacher's objective uses it too)."""
+    terms = probs * torch.log(probs.clamp_min(_EPS))
+    return -torch.where(probs > 0, terms, torch.zeros_like(terms)).sum(dim=-1)
 
 
 def cmi_and_ll(
