@@ -117,6 +117,50 @@ def test_kd_matches_closed_form(gen: torch.Generator) -> None:
     assert method.defaults["ce_weight"] == 0.1 and method.defaults["alpha"] == 0.9 and method.defaults["T"] == 4
 
 
+def test_kd_with_one_temperature_is_bit_for_bit_todays_loss(gen: torch.Generator) -> None:
+    """T_t = T_s = T (unset, or set equal) gives exactly ``kd_loss`` (the loss before the two
+    temperatures existed) under every scale but ``none``; the unset temperatures resolve to T."""
+    fs = shapes(STUDENT_STAGES, 64)
+    s, t, b = features(fs, True, gen), features(fs, False, gen), batch(gen)
+    expected = 0.9 * kd_loss(s.logits, t.logits, 4.0)
+    default = build_method("KD", context(fs, fs), {"T": 4})
+    assert default.hparams["T_teacher"] == default.hparams["T_student"] == 4 and default.hparams["scale"] == "ts2"
+    assert torch.equal(default.distill(s, t, b, 1)["kd"], expected)
+    for scale in ("ts2", "tt_ts", "tt2"):
+        method = build_method("KD", context(fs, fs), {"T_teacher": 4.0, "T_student": 4.0, "scale": scale})
+        assert torch.equal(method.distill(s, t, b, 1)["kd"], expected), scale
+
+
+@pytest.mark.parametrize("scale, factor", [("ts2", 4.0), ("tt_ts", 6.0), ("tt2", 9.0), ("none", 1.0)])
+def test_kd_with_teacher_and_student_temperatures(gen: torch.Generator, scale: str, factor: float) -> None:
+    """T_t = 3, T_s = 2: alpha · s(T_t, T_s) · mean_batch KL(softmax(z_t/3) || softmax(z_s/2)), computed
+    directly in float64; s = T_s², T_t·T_s, T_t² or 1."""
+    fs = shapes(STUDENT_STAGES, 64)
+    method = build_method("KD", context(fs, fs), {"T_teacher": 3, "T_student": 2.0, "scale": scale, "alpha": 0.5})
+    s, t = features(fs, True, gen), features(fs, False, gen)
+    got = method.distill(s, t, batch(gen), 1)["kd"]
+    p_t = torch.softmax(t.logits.double() / 3.0, dim=1)
+    p_s = torch.softmax(s.logits.detach().double() / 2.0, dim=1)
+    expected = 0.5 * factor * (p_t * (p_t.log() - p_s.log())).sum(1).mean()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # T_t alone set: the student keeps T
+    only_teacher = build_method("KD", context(fs, fs), {"T": 2.0, "T_teacher": 3.0, "scale": scale, "alpha": 0.5})
+    assert only_teacher.hparams["T_student"] == 2.0
+    assert only_teacher.distill(s, t, batch(gen), 1)["kd"].item() == pytest.approx(got.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("hparams, problem", [
+    ({"scale": "T2"}, "scale: expected one of ['none', 'ts2', 'tt2', 'tt_ts'], got 'T2'"),
+    ({"T_teacher": 0}, "T_teacher: must be > 0, got 0"),
+    ({"T_student": "4"}, "T_student: expected a number or null (default None), got '4'"),
+])
+def test_kd_temperature_settings_are_checked(hparams: dict, problem: str) -> None:
+    from mcmi.distill.kd import KD
+
+    assert KD.check_hparams(hparams) == [problem]
+    assert KD.check_hparams({"T_teacher": None, "T_student": 2, "scale": "none"}) == []
+
+
 def test_kd_loss_equals_both_reference_reductions(gen: torch.Generator) -> None:
     """``kd_loss`` is RepDistiller's DistillKL (summed KL / batch size · T²) and, bit for bit,
     winycg/HSAKD's KLDivLoss(reduction="batchmean") · T²."""
