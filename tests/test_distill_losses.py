@@ -292,3 +292,69 @@ def test_unknown_hyperparameter_is_named() -> None:
     fs = shapes(STUDENT_STAGES, 64)
     with pytest.raises(ValueError, match="nope"):
         build_method("KD", context(fs, fs), {"nope": 1})
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits for the batch are given (trainable for the student)."""
+
+    def __init__(self, logits: torch.Tensor, trainable: bool) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone(), requires_grad=trainable)
+
+    def extract(self, x: torch.Tensor) -> Features:
+        return Features(stages=[], preact_stages=[], pooled=self.logits, logits=self.logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def _semi_context(num_train: int, num_classes: int) -> PairContext:
+    fs = FeatureShapes(stages=((4, 2, 2),), preact_stages=((4, 2, 2),), pooled_dim=4, num_classes=num_classes)
+    return PairContext(student=fs, teacher=fs, num_classes=num_classes, num_train=num_train,
+                       train_labels=torch.arange(num_train) % num_classes, epochs=10, input_shape=(3, 2, 2))
+
+
+def test_semi_supervised_kd_is_cross_entropy_with_the_teachers_soft_labels() -> None:
+    """Teacher P^T = (1/4, 1/2, 1/4) and uniform; student uniform and (1/4, 1/2, 1/4).
+    -Σ P^T log P^S: sample 0 -> ln 3 (uniform student), sample 1 -> -(1/3)(ln 1/4 + ln 1/2 + ln 1/4) = (5/3) ln 2.
+    No labelled term by default, and no CE on any label."""
+    ln2 = math.log(2.0)
+    teacher = _FixedLogits(torch.tensor([[0.0, ln2, 0.0], [0.0, 0.0, 0.0]]), trainable=False)
+    student = _FixedLogits(torch.tensor([[0.0, 0.0, 0.0], [0.0, ln2, 0.0]]), trainable=True)
+    b = Batch(x=torch.zeros(2, 3, 2, 2), y=torch.tensor([2, 0]), index=torch.tensor([0, 1]))
+    method = build_method("SemiKD", _semi_context(6, 3))
+    out = method.step(student, teacher, b, epoch=1)
+    assert set(out.terms) == {"soft_ce"}
+    assert out.terms["soft_ce"].item() == pytest.approx((math.log(3.0) + 5 / 3 * ln2) / 2, abs=1e-6)
+
+    # tau = 2 against a direct float64 computation
+    tau_method = build_method("SemiKD", _semi_context(6, 3), {"tau": 2.0, "distill_weight": 0.5})
+    got = tau_method.step(student, teacher, b, epoch=1).terms["soft_ce"]
+    p_t = torch.softmax(teacher.logits.detach().double() / 2, 1)
+    log_p_s = torch.log_softmax(student.logits.detach().double() / 2, 1)
+    assert got.item() == pytest.approx(0.5 * float(-(p_t * log_p_s).sum(1).mean()), rel=1e-6)
+
+
+def test_semi_supervised_kd_labelled_cross_entropy_only_on_the_labelled_images() -> None:
+    """12 training images of 3 classes, 3 labelled (one a class, drawn as the teachers' subset): the
+    CE term is the sum of the labelled samples' CE over the batch size, whatever the others' labels."""
+    ctx = _semi_context(12, 3)
+    method = build_method("SemiKD", ctx, {"labeled_ce_weight": 0.3, "labeled_count": 3, "labeled_seed": 5})
+    from mcmi.data.subsets import labelled_indices
+
+    chosen = labelled_indices(ctx.train_labels, 3, 5, 3)
+    assert method.labelled.nonzero().flatten().tolist() == chosen.tolist()
+    others = [i for i in range(12) if i not in chosen.tolist()][:2]
+    index = torch.tensor([int(chosen[0]), others[0], int(chosen[1]), others[1]])
+    gen = torch.Generator().manual_seed(3)
+    student = _FixedLogits(torch.randn(4, 3, generator=gen), trainable=True)
+    teacher = _FixedLogits(torch.randn(4, 3, generator=gen), trainable=False)
+    labels = ctx.train_labels[index]
+    b = Batch(x=torch.zeros(4, 3, 2, 2), y=labels, index=index)
+    got = method.step(student, teacher, b, epoch=1).terms["labeled_ce"]
+    ce = F.cross_entropy(student.logits.detach(), labels, reduction="none")
+    assert got.item() == pytest.approx(0.3 * float(ce[0] + ce[2]) / 4, rel=1e-6)
+    flipped = Batch(x=b.x, y=torch.stack([labels[0], (labels[1] + 1) % 3, labels[2], (labels[3] + 1) % 3]), index=index)
+    assert method.step(student, teacher, flipped, epoch=1).terms["labeled_ce"].item() == pytest.approx(got.item())
+    with pytest.raises(ValueError, match="labeled_ce_weight > 0 needs labeled_count > 0"):
+        build_method("SemiKD", ctx, {"labeled_ce_weight": 0.3})
