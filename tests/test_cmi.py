@@ -58,3 +58,43 @@ def test_mcmi_loss_is_ce_minus_lambda_kl_and_q_gets_no_gradient():
     assert terms["ce"].item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
     (terms["ce"] + terms["cmi"]).backward()
     assert logits.grad is not None and q.grad is None
+
+
+def test_entropy_by_hand_with_zero_probabilities():
+    from mcmi.cmi import entropy
+
+    probs = torch.tensor([[0.25, 0.5, 0.25], [1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    got = entropy(probs)
+    expected = torch.tensor([1.5 * math.log(2), 0.0, math.log(3)])
+    torch.testing.assert_close(got, expected)
+
+
+def test_per_class_cmi_by_hand_and_against_a_direct_computation():
+    from mcmi.cmi import per_class_cmi
+
+    # The two-class example above: class 0's two KLs 0.036690 and 0.028168 -> mean 0.032429; class 1
+    # has one sample equal to its centroid -> 0; class 2 has no sample -> NaN.
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.7, 0.3, 0.0], [0.2, 0.8, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    got = per_class_cmi(probs, labels, num_classes=3)
+    assert got[0].item() == pytest.approx((0.036690 + 0.028168) / 2, abs=2e-6)
+    assert got[1].item() == pytest.approx(0.0, abs=1e-7) and math.isnan(got[2].item())
+
+    # Random predictions: every class against an explicit double loop, and the N_y/N-weighted sum is the CMI.
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(40, 5, generator=gen, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, 5, (40,), generator=gen)
+    got = per_class_cmi(probs, labels, num_classes=5)
+    for y in range(5):
+        members = [p for p, label in zip(probs, labels) if label == y]
+        q = sum(members) / len(members)
+        direct = sum(sum(p[k] * math.log(p[k] / q[k]) for k in range(5)) for p in members) / len(members)
+        assert got[y].item() == pytest.approx(float(direct), rel=1e-12)
+    counts = torch.bincount(labels, minlength=5).double()
+    cmi, _ = cmi_and_ll(probs, labels, num_classes=5)
+    assert float((counts / 40 * got).sum()) == pytest.approx(cmi, rel=1e-12)
+
+    # Only the classes of interest (Table 8's four out of 1000): the same values.
+    keep = (labels == 1) | (labels == 3)
+    subset = per_class_cmi(probs[keep], labels[keep], num_classes=5)
+    torch.testing.assert_close(subset[[1, 3]], got[[1, 3]])

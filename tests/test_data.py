@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from mcmi.data.sources import load_cifar, load_dataset, load_digits, write_demo_image_folder
-from mcmi.data.subsets import few_shot_indices, student_train_set, without_classes_indices
+from mcmi.data.subsets import (
+    few_shot_indices,
+    labelled_indices,
+    labelled_train_set,
+    student_train_set,
+    without_classes_indices,
+)
 from mcmi.data.tensors import TensorImageDataset, random_crop_flip
 
 
@@ -116,6 +122,39 @@ def test_few_shot_partition_sizes_and_stability():
     assert set(few_shot_indices(labels, 5, seed=0).tolist()) <= set(range(1000))
     with pytest.raises(ValueError, match="alpha_percent"):
         few_shot_indices(labels, 0, seed=0)
+
+
+def test_labelled_subsets_are_balanced_seeded_and_nested():
+    """Figure 9's labelled subsets on a CIFAR-10-shaped label vector (5,000 a class): 500 ... 4,000
+    labels are 50 ... 400 a class, the same for the same seed, new for a new seed, each contained in
+    the next; an uneven count spreads its remainder one per class."""
+    labels = torch.arange(50_000) % 10
+    subsets = {n: labelled_indices(labels, n, seed=0) for n in (500, 1000, 2000, 4000)}
+    for n, idx in subsets.items():
+        assert torch.bincount(labels[idx], minlength=10).tolist() == [n // 10] * 10
+        assert len(set(idx.tolist())) == n and torch.equal(idx, idx.sort().values)
+        assert torch.equal(idx, labelled_indices(labels, n, seed=0))
+    for small, large in ((500, 1000), (1000, 2000), (2000, 4000)):
+        assert set(subsets[small].tolist()) < set(subsets[large].tolist())
+    other = labelled_indices(labels, 500, seed=1)
+    assert len(set(other.tolist()) & set(subsets[500].tolist())) < 50      # ~5 expected by chance
+
+    uneven = [labelled_indices(labels, n, seed=3) for n in (23, 24, 25)]
+    for n, idx in zip((23, 24, 25), uneven):
+        counts = torch.bincount(labels[idx], minlength=10)
+        assert counts.sum() == n and counts.max() - counts.min() == 1
+    assert set(uneven[0].tolist()) < set(uneven[1].tolist()) < set(uneven[2].tolist())
+
+
+def test_labelled_subset_bad_counts_and_the_training_set():
+    data = TensorImageDataset(torch.zeros(40, 3, 4, 4, dtype=torch.uint8), torch.arange(40) % 10, 10,
+                              (0.5,) * 3, (0.25,) * 3)
+    sub = labelled_train_set(data, 20, seed=0)
+    assert len(sub) == 20 and torch.bincount(sub.labels, minlength=10).tolist() == [2] * 10
+    with pytest.raises(ValueError, match="between the number of classes \\(10\\) and the number of samples"):
+        labelled_indices(data.labels, 5, seed=0)
+    with pytest.raises(ValueError, match="class 0 has 1 samples, needs 2"):
+        labelled_indices(torch.tensor([0] + [1] * 10), 4, seed=0)
 
 
 def test_zero_shot_removes_classes_and_student_set_uses_spec():

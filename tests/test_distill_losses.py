@@ -117,6 +117,50 @@ def test_kd_matches_closed_form(gen: torch.Generator) -> None:
     assert method.defaults["ce_weight"] == 0.1 and method.defaults["alpha"] == 0.9 and method.defaults["T"] == 4
 
 
+def test_kd_with_one_temperature_is_bit_for_bit_todays_loss(gen: torch.Generator) -> None:
+    """T_t = T_s = T (unset, or set equal) gives exactly ``kd_loss`` (the loss before the two
+    temperatures existed) under every scale but ``none``; the unset temperatures resolve to T."""
+    fs = shapes(STUDENT_STAGES, 64)
+    s, t, b = features(fs, True, gen), features(fs, False, gen), batch(gen)
+    expected = 0.9 * kd_loss(s.logits, t.logits, 4.0)
+    default = build_method("KD", context(fs, fs), {"T": 4})
+    assert default.hparams["T_teacher"] == default.hparams["T_student"] == 4 and default.hparams["scale"] == "ts2"
+    assert torch.equal(default.distill(s, t, b, 1)["kd"], expected)
+    for scale in ("ts2", "tt_ts", "tt2"):
+        method = build_method("KD", context(fs, fs), {"T_teacher": 4.0, "T_student": 4.0, "scale": scale})
+        assert torch.equal(method.distill(s, t, b, 1)["kd"], expected), scale
+
+
+@pytest.mark.parametrize("scale, factor", [("ts2", 4.0), ("tt_ts", 6.0), ("tt2", 9.0), ("none", 1.0)])
+def test_kd_with_teacher_and_student_temperatures(gen: torch.Generator, scale: str, factor: float) -> None:
+    """T_t = 3, T_s = 2: alpha · s(T_t, T_s) · mean_batch KL(softmax(z_t/3) || softmax(z_s/2)), computed
+    directly in float64; s = T_s², T_t·T_s, T_t² or 1."""
+    fs = shapes(STUDENT_STAGES, 64)
+    method = build_method("KD", context(fs, fs), {"T_teacher": 3, "T_student": 2.0, "scale": scale, "alpha": 0.5})
+    s, t = features(fs, True, gen), features(fs, False, gen)
+    got = method.distill(s, t, batch(gen), 1)["kd"]
+    p_t = torch.softmax(t.logits.double() / 3.0, dim=1)
+    p_s = torch.softmax(s.logits.detach().double() / 2.0, dim=1)
+    expected = 0.5 * factor * (p_t * (p_t.log() - p_s.log())).sum(1).mean()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # T_t alone set: the student keeps T
+    only_teacher = build_method("KD", context(fs, fs), {"T": 2.0, "T_teacher": 3.0, "scale": scale, "alpha": 0.5})
+    assert only_teacher.hparams["T_student"] == 2.0
+    assert only_teacher.distill(s, t, batch(gen), 1)["kd"].item() == pytest.approx(got.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("hparams, problem", [
+    ({"scale": "T2"}, "scale: expected one of ['none', 'ts2', 'tt2', 'tt_ts'], got 'T2'"),
+    ({"T_teacher": 0}, "T_teacher: must be > 0, got 0"),
+    ({"T_student": "4"}, "T_student: expected a number or null (default None), got '4'"),
+])
+def test_kd_temperature_settings_are_checked(hparams: dict, problem: str) -> None:
+    from mcmi.distill.kd import KD
+
+    assert KD.check_hparams(hparams) == [problem]
+    assert KD.check_hparams({"T_teacher": None, "T_student": 2, "scale": "none"}) == []
+
+
 def test_kd_loss_equals_both_reference_reductions(gen: torch.Generator) -> None:
     """``kd_loss`` is RepDistiller's DistillKL (summed KL / batch size · T²) and, bit for bit,
     winycg/HSAKD's KLDivLoss(reduction="batchmean") · T²."""
@@ -248,3 +292,69 @@ def test_unknown_hyperparameter_is_named() -> None:
     fs = shapes(STUDENT_STAGES, 64)
     with pytest.raises(ValueError, match="nope"):
         build_method("KD", context(fs, fs), {"nope": 1})
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits for the batch are given (trainable for the student)."""
+
+    def __init__(self, logits: torch.Tensor, trainable: bool) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone(), requires_grad=trainable)
+
+    def extract(self, x: torch.Tensor) -> Features:
+        return Features(stages=[], preact_stages=[], pooled=self.logits, logits=self.logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def _semi_context(num_train: int, num_classes: int) -> PairContext:
+    fs = FeatureShapes(stages=((4, 2, 2),), preact_stages=((4, 2, 2),), pooled_dim=4, num_classes=num_classes)
+    return PairContext(student=fs, teacher=fs, num_classes=num_classes, num_train=num_train,
+                       train_labels=torch.arange(num_train) % num_classes, epochs=10, input_shape=(3, 2, 2))
+
+
+def test_semi_supervised_kd_is_cross_entropy_with_the_teachers_soft_labels() -> None:
+    """Teacher P^T = (1/4, 1/2, 1/4) and uniform; student uniform and (1/4, 1/2, 1/4).
+    -Σ P^T log P^S: sample 0 -> ln 3 (uniform student), sample 1 -> -(1/3)(ln 1/4 + ln 1/2 + ln 1/4) = (5/3) ln 2.
+    No labelled term by default, and no CE on any label."""
+    ln2 = math.log(2.0)
+    teacher = _FixedLogits(torch.tensor([[0.0, ln2, 0.0], [0.0, 0.0, 0.0]]), trainable=False)
+    student = _FixedLogits(torch.tensor([[0.0, 0.0, 0.0], [0.0, ln2, 0.0]]), trainable=True)
+    b = Batch(x=torch.zeros(2, 3, 2, 2), y=torch.tensor([2, 0]), index=torch.tensor([0, 1]))
+    method = build_method("SemiKD", _semi_context(6, 3))
+    out = method.step(student, teacher, b, epoch=1)
+    assert set(out.terms) == {"soft_ce"}
+    assert out.terms["soft_ce"].item() == pytest.approx((math.log(3.0) + 5 / 3 * ln2) / 2, abs=1e-6)
+
+    # tau = 2 against a direct float64 computation
+    tau_method = build_method("SemiKD", _semi_context(6, 3), {"tau": 2.0, "distill_weight": 0.5})
+    got = tau_method.step(student, teacher, b, epoch=1).terms["soft_ce"]
+    p_t = torch.softmax(teacher.logits.detach().double() / 2, 1)
+    log_p_s = torch.log_softmax(student.logits.detach().double() / 2, 1)
+    assert got.item() == pytest.approx(0.5 * float(-(p_t * log_p_s).sum(1).mean()), rel=1e-6)
+
+
+def test_semi_supervised_kd_labelled_cross_entropy_only_on_the_labelled_images() -> None:
+    """12 training images of 3 classes, 3 labelled (one a class, drawn as the teachers' subset): the
+    CE term is the sum of the labelled samples' CE over the batch size, whatever the others' labels."""
+    ctx = _semi_context(12, 3)
+    method = build_method("SemiKD", ctx, {"labeled_ce_weight": 0.3, "labeled_count": 3, "labeled_seed": 5})
+    from mcmi.data.subsets import labelled_indices
+
+    chosen = labelled_indices(ctx.train_labels, 3, 5, 3)
+    assert method.labelled.nonzero().flatten().tolist() == chosen.tolist()
+    others = [i for i in range(12) if i not in chosen.tolist()][:2]
+    index = torch.tensor([int(chosen[0]), others[0], int(chosen[1]), others[1]])
+    gen = torch.Generator().manual_seed(3)
+    student = _FixedLogits(torch.randn(4, 3, generator=gen), trainable=True)
+    teacher = _FixedLogits(torch.randn(4, 3, generator=gen), trainable=False)
+    labels = ctx.train_labels[index]
+    b = Batch(x=torch.zeros(4, 3, 2, 2), y=labels, index=index)
+    got = method.step(student, teacher, b, epoch=1).terms["labeled_ce"]
+    ce = F.cross_entropy(student.logits.detach(), labels, reduction="none")
+    assert got.item() == pytest.approx(0.3 * float(ce[0] + ce[2]) / 4, rel=1e-6)
+    flipped = Batch(x=b.x, y=torch.stack([labels[0], (labels[1] + 1) % 3, labels[2], (labels[3] + 1) % 3]), index=index)
+    assert method.step(student, teacher, flipped, epoch=1).terms["labeled_ce"].item() == pytest.approx(got.item())
+    with pytest.raises(ValueError, match="labeled_ce_weight > 0 needs labeled_count > 0"):
+        build_method("SemiKD", ctx, {"labeled_ce_weight": 0.3})

@@ -36,6 +36,14 @@ PARAMETER_COUNTS = {
     "ShuffleV1": 949_258,
     "ShuffleV2": 1_355_528,
     "ResNet50": 23_705_252,
+    # Derived by hand (no published value): 3-stage basic-block ResNet of n blocks a stage, widths
+    # 16/32/64, 100 classes = 464 (stem) + 4,672 n + (14,528 + 18,560 (n - 1)) + (57,728 + 73,984 (n - 1))
+    # + 6,500 (fc); n = 3 gives resnet20's 278,324 above, n = 18 resnet110, n = 25 resnet152.
+    "resnet110": 1_736_564,
+    "resnet152": 2_417_076,
+    # RepDistiller's resnetv2 ResNet18 (kuangliu/pytorch-cifar's): 11,173,962 at 10 classes (below),
+    # + 46,170 for the 90 extra rows of the 512-wide classifier.
+    "ResNet18": 11_220_132,
 }
 # one small model per architecture family
 FAMILY_REPRESENTATIVES = ("resnet8", "wrn_16_1", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2")
@@ -53,7 +61,7 @@ def classifier_in_features(model: nn.Module) -> int:
 
 
 def test_names() -> None:
-    assert len(set(MODEL_NAMES)) == len(MODEL_NAMES) == 26
+    assert len(set(MODEL_NAMES)) == len(MODEL_NAMES) == 28
     assert set(MODEL_NAMES) == set(CIFAR_MODEL_NAMES) | set(IMAGENET_MODEL_NAMES)
     assert set(PARAMETER_COUNTS) <= set(CIFAR_MODEL_NAMES)
     assert is_imagenet_model("resnet50") and not is_imagenet_model("ResNet50")
@@ -76,6 +84,31 @@ def test_feature_shapes(name: str) -> None:
     assert shapes.pooled_dim == classifier_in_features(model)
     assert shapes.num_classes == 100
     assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 100)
+
+
+def test_cifar10_resnet18_is_repdistillers_resnetv2_resnet18() -> None:
+    """Figure 9's student: RepDistiller's ``resnetv2.ResNet18`` for CIFAR-10 (3x3 stem, no max-pool,
+    blocks [2, 2, 2, 2] of 64..512 planes, ``shortcut``/``linear`` names), 11,173,962 parameters --
+    not torchvision's ImageNet ``resnet18`` (7x7 stem, max-pool, 11,181,642 at 10 classes)."""
+    model = create_model("ResNet18", 10)
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+    assert sum(p.numel() for p in create_model("resnet18", 10).parameters()) == 11_181_642
+    names = set(model.state_dict())
+    assert {"conv1.weight", "layer4.1.bn2.running_var", "layer2.0.shortcut.0.weight", "linear.weight"} <= names
+    assert model.conv1.kernel_size == (3, 3) and not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    shapes = probe_shapes(model, (3, 32, 32))
+    assert [s[1:] for s in shapes.stages] == [(32, 32), (32, 32), (16, 16), (8, 8), (4, 4)]
+    assert [s[0] for s in shapes.stages] == [64, 64, 128, 256, 512] and shapes.pooled_dim == 512
+
+
+def test_resnet152_is_the_authors_basic_block_resnet_of_25_blocks_a_stage() -> None:
+    """The MCMI authors' CIFAR resnet152 (Figure 5's largest teacher): depth 6n+2 with n = 25 basic
+    blocks a stage -- 1 stem conv + 150 block convs + fc = 152 weighted layers (1x1 projections aside)."""
+    model = cifar100_model("resnet152")
+    assert [len(stage) for stage in (model.layer1, model.layer2, model.layer3)] == [25, 25, 25]
+    convs = [m for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and "downsample" not in name]
+    assert len(convs) + 1 == 152
+    assert {"layer3.24.bn2.weight", "layer2.0.downsample.0.weight", "fc.weight"} <= set(model.state_dict())
 
 
 def test_resnet_preact_is_before_the_last_relu() -> None:

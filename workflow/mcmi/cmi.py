@@ -4,7 +4,9 @@ Definitions (paper eqs. 12-13, natural log, nats):
     P_x  = softmax(logits(x) / T)
     Q_y  = mean of P_x over the samples x of class y                   (class centroid)
     CMI  = (1/N) sum_y sum_{x in D_y} KL(P_x || Q_y)
+    CMI_y = (1/N_y) sum_{x in D_y} KL(P_x || Q_y)   (per class, Table 8; CMI = sum_y (N_y/N) CMI_y)
     LL   = (1/N) sum_x log P_x[y]                                       (<= 0)
+    H    = (1/N) sum_x H(P_x), H(p) = -sum_k p_k log p_k                  (mean output entropy)
 The MCMI fine-tuning objective maximises LL + lambda * CMI with Q fixed, i.e. minimises
 CE(x, y) - lambda * KL(P_x || Q_y) per batch.
 """
@@ -37,6 +39,13 @@ def kl_to_centroids(probs: torch.Tensor, labels: torch.Tensor, centroids: torch.
     return torch.where(probs > 0, terms, torch.zeros_like(terms)).sum(dim=1)
 
 
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Per-sample entropy H(P_x) = -sum_k p_k log p_k in nats over the last axis; 0 * log 0 is taken
+    as 0. Differentiable (the entropy-regularised teacher's objective uses it too)."""
+    terms = probs * torch.log(probs.clamp_min(_EPS))
+    return -torch.where(probs > 0, terms, torch.zeros_like(terms)).sum(dim=-1)
+
+
 def cmi_and_ll(
     probs: torch.Tensor, labels: torch.Tensor, num_classes: int, centroids: torch.Tensor | None = None
 ) -> tuple[float, float]:
@@ -49,6 +58,23 @@ def cmi_and_ll(
     cmi = kl_to_centroids(probs, labels, centroids.to(torch.float64)).mean()
     ll = torch.log(probs.gather(1, labels.unsqueeze(1)).clamp_min(_EPS)).mean()
     return float(cmi), float(ll)
+
+
+def per_class_cmi(
+    probs: torch.Tensor, labels: torch.Tensor, num_classes: int, centroids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CMI(f; Y=y) = I(X; Y_hat | Y=y) = (1/N_y) sum_{x in D_y} KL(P_x || Q_y) for every class y, as
+    (num_classes,) float64; NaN for a class without samples. The mean over the class's own samples,
+    not weighted by P(y) (paper eq. 10 and appendix A.4.1; Table 8's values, 0.29-1.23, are such
+    means). Q_y depends on class y's samples only, so ``probs`` may hold just the classes of interest.
+    Centroids are computed from the same predictions unless given."""
+    probs = probs.to(torch.float64)
+    if centroids is None:
+        centroids = class_centroids(probs, labels, num_classes)
+    kl = kl_to_centroids(probs, labels, centroids.to(torch.float64))
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=probs.device).index_add_(0, labels, kl)
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
 
 
 @torch.no_grad()

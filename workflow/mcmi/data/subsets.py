@@ -1,4 +1,5 @@
-"""Few-shot and zero-shot training sets for the student (the teacher always sees the full set)."""
+"""Few-shot and zero-shot training sets for the student (the teacher always sees the full set), and
+the class-balanced labelled subsets of semi-supervised distillation (the teacher sees only those)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,42 @@ def without_classes_indices(labels: torch.Tensor, removed: Sequence[int]) -> tor
     if kept.numel() == 0:
         raise ValueError(f"zero-shot removed classes {list(removed)} remove every training sample")
     return kept
+
+
+def labelled_indices(labels: torch.Tensor, count: int, seed: int, num_classes: int | None = None) -> torch.Tensor:
+    """``count`` class-balanced indices of labelled samples (semi-supervised distillation, Figure 9),
+    chosen from ``seed`` alone and sorted ascending.
+
+    Balanced: every class gets ``count // C`` samples, and ``count % C`` classes (picked by the seed)
+    one more. Nested: for one seed, the subset of a smaller count is contained in that of a larger one
+    -- each class's samples are taken in one seeded order, and the classes that get an extra sample
+    in one seeded order too. So along Figure 9's axis (500, 1,000, 2,000, 4,000 labels) only the number
+    of labels changes, not which images were drawn; a new seed draws everything anew. The same seed
+    gives the same subset to the MLL and the MCMI teacher (it depends on nothing else).
+    """
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if not num_classes <= count <= len(labels):
+        raise ValueError(f"labelled count must be between the number of classes ({num_classes}) and the "
+                         f"number of samples ({len(labels)}), got {count}")
+    gen = torch.Generator().manual_seed(int(seed))
+    extra_order = torch.randperm(num_classes, generator=gen)   # classes that get one more, in this order
+    quota = torch.full((num_classes,), count // num_classes, dtype=torch.long)
+    quota[extra_order[: count % num_classes]] += 1
+    keep = []
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().flatten()
+        order = idx[torch.randperm(len(idx), generator=gen)]
+        if len(idx) < int(quota[c]):
+            raise ValueError(f"labelled count {count}: class {c} has {len(idx)} samples, needs {int(quota[c])}")
+        keep.append(order[: int(quota[c])])
+    return torch.cat(keep).sort().values
+
+
+def labelled_train_set(train: Any, count: int, seed: int) -> Any:
+    """The ``count`` class-balanced labelled samples of ``train`` drawn with ``seed`` (see
+    ``labelled_indices``): what a semi-supervised teacher is trained and fine-tuned on."""
+    indices = labelled_indices(train.labels, count, seed, train.num_classes)
+    return train.subset(indices, name=f"{train.name}[{count} labelled, seed {seed}]")
 
 
 def student_train_set(train: Any, *, alpha_percent: float | None = None, subset_seed: int = 0,

@@ -7,14 +7,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def batchmean_kl(log_p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
+    """KL(p_teacher || p_student) summed over the last axis and averaged over the batch (dim 0)."""
+    return F.kl_div(log_p_student, p_teacher, reduction="sum") / log_p_student.shape[0]
+
+
 def tempered_kl(log_p_student: torch.Tensor, p_teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(p_teacher || p_student) summed over the last axis, averaged over the batch, times T².
 
-    Used by ``kd_loss`` (full softened distributions) and DKD (binary and non-target distributions);
-    the T² factor keeps gradient magnitudes comparable across temperatures (Hinton et al., 2015).
+    Used by DKD (binary and non-target distributions); ``kd_loss`` is the same on the full softened
+    distributions. The T² factor keeps gradient magnitudes comparable across temperatures (Hinton et al., 2015).
     """
-    kl = F.kl_div(log_p_student, p_teacher, reduction="sum") / log_p_student.shape[0]
-    return kl * temperature**2
+    return batchmean_kl(log_p_student, p_teacher) * temperature**2
+
+
+def softened_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                student_temperature: float, teacher_temperature: float) -> torch.Tensor:
+    """KL(softmax(z_t/T_t) || softmax(z_s/T_s)), summed over the classes (dim 1) and averaged over the
+    batch (dim 0), without any temperature factor; a scalar. Teacher and student temperatures may
+    differ (post-hoc smoothing, appendix A.7)."""
+    return batchmean_kl(F.log_softmax(student_logits / student_temperature, dim=1),
+                        F.softmax(teacher_logits / teacher_temperature, dim=1))
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -27,11 +40,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     same sum divided by the batch size (PyTorch computes it exactly so). DKD applies
     ``tempered_kl`` to other distributions (binary and non-target) and does not use this.
     """
-    return tempered_kl(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.softmax(teacher_logits / temperature, dim=1),
-        temperature,
-    )
+    return softened_kl(student_logits, teacher_logits, temperature, temperature) * temperature**2
 
 
 def pool_to_smaller(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,7 +50,8 @@ class DistillMethod(nn.Module):
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any]) -> list[str]:
         """What is wrong with ``hparams`` for this method (empty when nothing): unknown names, a
-        value whose type differs from its default's (an int where a float is expected is fine), a
+        value whose type differs from its default's (an int where a float is expected is fine; a
+        ``None`` default marks an optional number, unset meaning the method derives it), a
         negative number, or a non-positive one among ``positive``."""
         problems = []
         unknown = sorted(set(hparams) - set(cls.defaults))
@@ -62,7 +63,7 @@ class DistillMethod(nn.Module):
                 problems.append(f"{key}: expected {_kind_name(default)} (default {default!r}), got {value!r}")
             elif _is_number(value) and value < 0:
                 problems.append(f"{key}: must be >= 0, got {value!r}")
-            elif key in cls.positive and value <= 0:
+            elif key in cls.positive and _is_number(value) and value <= 0:
                 problems.append(f"{key}: must be > 0, got {value!r}")
         return problems
 
@@ -176,7 +177,10 @@ def _is_number(value: Any) -> bool:
 
 def _same_kind(value: Any, default: Any) -> bool:
     """Whether ``value`` may replace ``default``: bools, strings and lists as such; an integer
-    default needs an integer; a float default takes any number."""
+    default needs an integer; a float default takes any number; a ``None`` default (an optional
+    number) takes a number or ``None``."""
+    if default is None:
+        return value is None or _is_number(value)
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(value, bool) and isinstance(default, bool)
     if isinstance(default, int):
@@ -187,7 +191,8 @@ def _same_kind(value: Any, default: Any) -> bool:
 
 
 def _kind_name(default: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            type(None): "a number or null"}.get(
         type(default), type(default).__name__)
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from mcmi.distill._common import init_heads
 from mcmi.models.mobilenetv2 import InvertedResidual
 from mcmi.models.resnet import BasicBlock
-from mcmi.models.resnet_bottleneck import Bottleneck
+from mcmi.models.resnetv2 import Bottleneck
 from mcmi.models.shufflenetv1 import ShuffleUnit
 from mcmi.models.shufflenetv2 import BasicUnit, DownUnit
 from mcmi.models.vgg import _CONFIGS as VGG_CONFIGS

@@ -1,4 +1,4 @@
-"""CIFAR ResNets with basic blocks (resnet8 ... resnet110, resnet8x4, resnet32x4).
+"""CIFAR ResNets with basic blocks (resnet8 ... resnet110, resnet152, resnet8x4, resnet32x4).
 
 Module names follow RepDistiller (conv1, bn1, layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2,downsample.0/1},
 fc), so its checkpoints load unchanged. Features: f0 = ReLU(bn1(conv1(x))), f1..f3 = each stage's
@@ -81,6 +81,9 @@ BUILDERS = {
     "resnet44": partial(CifarResNet, depth=44, widths=_NARROW),
     "resnet56": partial(CifarResNet, depth=56, widths=_NARROW),
     "resnet110": partial(CifarResNet, depth=110, widths=_NARROW),
+    # Not in RepDistiller: the MCMI authors' own (ICLRMCMI models/resnet.py, resnet152), 25 blocks a stage,
+    # the largest teacher of their teacher-size sweep (Figure 5).
+    "resnet152": partial(CifarResNet, depth=152, widths=_NARROW),
     "resnet8x4": partial(CifarResNet, depth=8, widths=_WIDE),
     "resnet32x4": partial(CifarResNet, depth=32, widths=_WIDE),
 }

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from mcmi.models import (
     mobilenetv2,
     resnet,
-    resnet_bottleneck,
+    resnetv2,
     shufflenetv1,
     shufflenetv2,
     vgg,
@@ -22,7 +22,7 @@ _CIFAR_BUILDERS: dict[str, Callable[..., ZooModel]] = {
     **mobilenetv2.BUILDERS,
     **shufflenetv1.BUILDERS,
     **shufflenetv2.BUILDERS,
-    **resnet_bottleneck.BUILDERS,
+    **resnetv2.BUILDERS,
 }
 # torchvision takes seconds to import: its models are imported only when one is built.
 IMAGENET_MODEL_NAMES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
