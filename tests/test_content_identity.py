@@ -23,7 +23,7 @@ import yaml
 from mcmi.identity import file_digest, seal_problem, sealed
 from mcmi.report.records import load_metrics
 from test_student_groups import member_spec, teacher_files  # noqa: F401 (teacher_files is a fixture)
-from test_workflow import REPO, SNAKEMAKE, _config, _env, snakemake
+from test_workflow import REPO, SNAKEMAKE, _config, _env, job_counts, snakemake
 
 STUDENTS = "digits/students/resnet14-resnet8/KD"
 GROUP_LOG = "logs/student_groups/students_digits_resnet14_resnet8_{variant}_full_seed0.log"
@@ -71,6 +71,13 @@ def test_changed_teachers_retrain_their_students_and_stale_inputs_are_refused(tm
     jobs Snakemake cannot see is refused at table time, naming the stale files."""
     _build(tmp_path)
     first = _student(tmp_path, "MLL")
+
+    # a change that concerns the tables only (where the paper's numbers are read from) retrains nothing
+    paper = tmp_path / "paper"
+    shutil.copytree(REPO / "config/paper", paper)
+    tables_only = _config(tmp_path, lambda c: (_tiny(c), c.update(paper_dir=str(paper))))
+    dry = snakemake("table1", "-n", "--configfile", str(tables_only), workdir=tmp_path, timeout=300)
+    assert dry.returncode == 0 and job_counts(dry.stdout) == {"table": 1, "table1": 1}, dry.stdout[-3000:]
 
     # (1) the MLL teacher's recipe changes: teacher and MCMI teacher are retrained under the same paths
     lr = lambda c: c["recipes"].update(teacher_tiny=dict(c["recipes"]["tiny"], lr=0.02)) or \
