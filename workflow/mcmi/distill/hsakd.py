@@ -270,9 +270,11 @@ class HSAKD(DistillMethod):
 
         Computed one rotation at a time (each a contiguous tensor, as ``rotate_batch``'s) and
         interleaved: in eval mode a sample's outputs do not depend on the rest of the batch, so this
-        equals one pass over the 4B samples (tested; bit for bit on CPU in float32). Rotation 0 is
-        not the plain batch itself, whose memory layout may differ (the data pipeline's channels-last
-        strides), because a different layout may round differently.
+        equals one pass over the 4B samples up to float rounding (kernels may split their sums
+        differently for another batch size: one or two float32 ulps on some CPUs; tested to a stated
+        tolerance). Every student computes it the same way, alone or in a group, so those agree bit
+        for bit. Rotation 0 is not the plain batch itself, whose memory layout may differ (the data
+        pipeline's channels-last strides), because a different layout may round differently.
         """
         logits, heads = [], []
         for k in range(NUM_ROTATIONS):
