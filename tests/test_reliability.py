@@ -163,6 +163,36 @@ def test_corrupt_image_is_named_at_the_data_check(tmp_path, in_memory):
         _prepare(tmp_path, {"kind": "imagefolder", "root": str(root), "image_size": 16, "in_memory": in_memory})
 
 
+def test_truncated_jpeg_in_a_streamed_folder_is_named_at_the_data_check(tmp_path):
+    """PIL's verify() passes a truncated JPEG, which would fail inside training: the check decodes."""
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "folder", classes=2)
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(pixels).save(whole, quality=90)
+    cut = root / "train" / "class1" / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"class1/cut\.jpg: corrupt or unreadable image: .*truncated"):
+        _prepare(tmp_path, {"kind": "imagefolder", "root": str(root), "image_size": 16, "in_memory": False})
+    assert not (tmp_path / "ready.json").exists()
+
+
+def test_offline_cifar_download_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError) as error:
+        load_cifar("cifar100", tmp_path / "data", download=True)
+    message = str(error.value)
+    assert "\n" not in message and "download into" in message and "Name or service not known" in message
+    assert f"{tmp_path / 'data' / 'cifar-100-python'}/" in message and "'download: false'" in message
+
+
 def _rewrite_cifar(root: Path, edit) -> Path:
     path = root / "cifar-100-python" / "train"
     with open(path, "rb") as handle:
