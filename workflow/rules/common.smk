@@ -2,12 +2,27 @@
 import os
 from pathlib import Path
 
+from snakemake.utils import update_config
+
 from mcmi.pipeline import WorkflowConfig  # noqa: E402
+from mcmi.pipeline.config import typed_overrides  # noqa: E402
 from mcmi.pipeline.naming import TRAINED_TEACHER_VARIANT, WILDCARDS  # noqa: E402
+
+# Config layers: config/config.yaml, or the --configfile files instead (merged in order); then the
+# --config overrides, merged key by key into nested mappings (lists are replaced). Snakemake leaves
+# the scalars inside an override's lists and mappings strings (seeds=[0,1] -> ['0', '1']); they are
+# read again as YAML here, so the override means what it says.
+update_config(config, typed_overrides(workflow.config_settings.config))
 
 # The schema check, its defaults and the checks beyond it: mcmi.pipeline.config (one place for rules and code).
 W = WorkflowConfig(config, repo=Path(workflow.basedir))
 P = W.paths.pattern     # P("student_metrics") -> the path template with its {wildcards}
+
+
+onstart:
+    # Jobs that run on this machine need the config's device here (on a cluster the submit node may have none).
+    if workflow.local_exec:
+        W.check_device_here()
 
 # envs/mcmi.yaml installs this repository's package (for its dependencies) from ${MCMI_REPO}; pip
 # expands the variable when Snakemake builds the env, which happens after this file is read.
