@@ -57,6 +57,15 @@ def with_defaults(config: dict[str, Any], schema_path: Path | None = None) -> di
     return config
 
 
+def yaml_error_text(error: Exception) -> str:
+    """A YAML parser error in one line: what is wrong and where (PyYAML's own text spans lines)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
 def typed_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Snakemake's ``--config key=value`` overrides with the scalars inside lists and mappings read
     as YAML. Snakemake types a top-level value (int, float, bool, else string) but reads lists and
