@@ -268,3 +268,26 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr("mcmi.stages.run_stage", buggy_stage)
     with pytest.raises(KeyError):
         main(["stage", "--spec", "{}"])
+
+
+@pytest.mark.slow
+def test_hand_run_equals_the_workflows_job_bit_for_bit(tmp_path):
+    """The workflow's teacher job as Snakemake starts it (OMP_NUM_THREADS = the config's threads) and
+    the same teacher by hand from a shell without thread settings end with the same weights."""
+    import subprocess
+    import sys
+
+    from mcmi.pipeline import WorkflowConfig
+
+    config = yaml.safe_load(Path(TEST_CONFIG).read_text())
+    config["results"] = str(tmp_path / "workflow")
+    job = WorkflowConfig(config, repo=REPO).teacher_spec("digits", "resnet8", "MLL")
+    bare = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    run = [sys.executable, "-m", "mcmi"]
+    subprocess.run([*run, "stage", "--spec", job.to_json()], check=True, capture_output=True, timeout=300,
+                   env={**bare, **{name: str(config["threads"]) for name in THREAD_VARIABLES}})
+    subprocess.run([*run, "teacher", "--config", TEST_CONFIG, "--dataset", "digits", "--model", "resnet8",
+                    "--out", str(tmp_path / "hand")], check=True, capture_output=True, timeout=300, env=bare)
+    ours = torch.load(tmp_path / "hand" / "model.pt", weights_only=True)["model"]
+    theirs = torch.load(job.out_model, weights_only=True)["model"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
