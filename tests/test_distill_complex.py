@@ -291,7 +291,14 @@ def test_hsakd_step_on_tiny_models(tmp_path: Path) -> None:
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_hsakd_teacher_outputs_per_rotation_equal_one_pass_over_the_rotated_batch(tmp_path: Path) -> None:
+# One pass over 4B samples and four passes over B run the same layers on other shapes, so the kernels
+# may split their sums differently: on an AMD EPYC with 2 threads the heads differ by 1.5e-8 (values
+# ~0.08, one or two float32 ulps). Bit-identity holds only by construction (same code, same shapes:
+# a member alone vs in a group, tested in test_student_groups.py); here a tight tolerance applies.
+ROTATION_PASSES_RTOL, ROTATION_PASSES_ATOL = 1e-5, 1e-7
+
+
+def test_hsakd_teacher_outputs_per_rotation_match_one_pass_over_the_rotated_batch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     teacher, student = TinyNet(width=6), TinyNet(width=4)
     train_teacher_heads(teacher, tmp_path / "heads.pt")
@@ -304,10 +311,11 @@ def test_hsakd_teacher_outputs_per_rotation_equal_one_pass_over_the_rotated_batc
         logits, heads = method.teacher_outputs(teacher, batch)
         whole = teacher.extract(rotate_batch(batch.x))
         expected_heads = method.teacher_heads(whole.stages)
-    assert torch.equal(logits, whole.logits)
+    close = dict(rtol=ROTATION_PASSES_RTOL, atol=ROTATION_PASSES_ATOL)
+    torch.testing.assert_close(logits, whole.logits, **close)
     assert len(heads) == len(expected_heads)
     for got, expected in zip(heads, expected_heads):
-        assert torch.equal(got, expected)
+        torch.testing.assert_close(got, expected, **close)
 
 
 def test_students_of_a_shared_teacher_share_its_hsakd_work(tmp_path: Path) -> None:

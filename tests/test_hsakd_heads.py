@@ -3,6 +3,9 @@ parameter counts, heads kinds in files and metrics, and one step with reference 
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -202,6 +205,22 @@ def test_heads_file_records_its_kind_and_a_mismatch_fails(tmp_path) -> None:
     assert load_teacher_heads(legacy, shapes, C, "resnet56", kind="generic").kind == "generic"
     with pytest.raises(ValueError, match="holds 'generic' heads, but 'reference'"):
         load_teacher_heads(legacy, shapes, C, "resnet56")
+
+
+def test_heads_file_is_written_by_the_projects_atomic_writer(tmp_path) -> None:
+    """Usual permissions (not mkstemp's 0600) and a killed earlier write's temporary removed."""
+    shapes = probe_shapes(create_model("resnet20", C), (3, 32, 32))
+    path = tmp_path / "heads.pt"
+    stale = tmp_path / ".heads.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a file")
+    old_umask = os.umask(0o022)
+    try:
+        save_teacher_heads(HSAKDTeacherHeads(shapes, C, "resnet20").heads, path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["heads.pt"]
+    assert load_teacher_heads(path, shapes, C, "resnet20").kind == "reference"
 
 
 @pytest.mark.parametrize("teacher_name, student_name, info", [

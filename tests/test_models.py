@@ -175,11 +175,32 @@ def test_mismatched_checkpoint_names_the_file(defect: str, tmp_path: Path) -> No
         load_repdistiller_checkpoint(create_model("resnet8", 100), path)
 
 
-def test_unreadable_checkpoint_names_the_file(tmp_path: Path) -> None:
+class _Pickled:
+    """An object weights-only loading refuses (its class would be imported by the unpickler)."""
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"hello\n", b"", bytes(range(256)) * 4, "truncated",
+                                     "pickled code"], ids=["garbage", "text", "empty", "bytes", "truncated", "code"])
+def test_unreadable_checkpoint_names_the_file(tmp_path: Path, content) -> None:
+    """Any file torch cannot read is one ValueError naming it (torch itself raises IndexError,
+    KeyError, EOFError, RuntimeError or UnpicklingError, depending on the bytes)."""
     path = tmp_path / "garbage.pth"
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth"):
+    if content == "truncated":
+        whole = _save_repdistiller(create_model("resnet8", 10).state_dict(), tmp_path / "whole.pth").read_bytes()
+        content = whole[: len(whole) // 2]
+    elif content == "pickled code":
+        torch.save({"model": _Pickled()}, path)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match="garbage.pth: cannot be read as a weights-only torch checkpoint") as error:
         load_repdistiller_checkpoint(create_model("resnet8", 10), path)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_missing_checkpoint_or_a_folder_is_not_found(tmp_path: Path) -> None:
+    for path in (tmp_path / "absent.pth", tmp_path):
+        with pytest.raises(FileNotFoundError, match=str(path)):
+            load_repdistiller_checkpoint(create_model("resnet8", 10), path)
 
 
 def test_unknown_model_name() -> None:

@@ -8,6 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +78,62 @@ def test_env_digest_follows_pyproject_dependencies() -> None:
         f"pyproject.toml's dependencies changed: set envs/mcmi.yaml's line to "
         f"'# pyproject-dependencies-sha256: {expected}' so that Snakemake rebuilds the env"
     )
+
+
+def _heavy_environment() -> Path | None:
+    """The shared environment holding the heavy dependencies this test runs with (the folder of
+    torch's site-packages), when the Makefile made it (its .complete marker)."""
+    import torch
+
+    venv = Path(torch.__file__).resolve().parents[4]          # <venv>/lib/pythonX.Y/site-packages/torch
+    return venv if (venv / ".complete").is_file() else None
+
+
+def _installs_of_ours(venv: Path) -> str:
+    """What the environment's site-packages says about our package (editable-install files)."""
+    return "".join(p.read_text() for p in sorted(venv.glob("lib/python*/site-packages/__editable__*mcmi*")))
+
+
+def _clone(folder: Path, marker: str) -> Path:
+    """A copy of what `make setup` installs, its package marked so that its code can be told apart."""
+    import shutil
+
+    folder.mkdir()
+    for name in ("Makefile", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, folder / name)
+    shutil.copytree(ROOT / "workflow" / "mcmi", folder / "workflow" / "mcmi",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(folder / "workflow" / "mcmi" / "__init__.py", "a") as handle:
+        handle.write(f"\nCLONE = {marker!r}\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_each_clone_runs_its_own_code_with_the_shared_dependencies(tmp_path) -> None:
+    """`make setup` in two clones on one machine: each clone's python, mcmi and snakemake run that
+    clone's package, while both reuse one heavy environment (which holds no package of ours), and
+    setup ends by saying how to use the environment."""
+    import os
+    import subprocess
+
+    heavy = _heavy_environment()
+    if heavy is None:
+        pytest.skip("not run from the environment `make setup` builds")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    before = _installs_of_ours(heavy)
+    for marker in ("first", "second"):
+        clone = _clone(tmp_path / marker, marker)
+        made = subprocess.run(["make", "-C", str(clone), "setup", f"VENV={heavy}"], capture_output=True, text=True,
+                              env=env, timeout=600)
+        assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+        assert f"export PATH={clone / '.venv' / 'bin'}:$PATH" in made.stdout
+    for marker in ("first", "second"):
+        bin_dir = tmp_path / marker / ".venv" / "bin"
+        shell = {**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+        ran = subprocess.run(["python", "-c", "import mcmi, torch, snakemake; print(mcmi.CLONE)"], cwd=tmp_path,
+                             capture_output=True, text=True, env=shell, timeout=300)
+        assert ran.stdout.strip() == marker, ran.stderr[-2000:]
+        for command in (["mcmi", "--help"], ["snakemake", "--version"]):
+            assert subprocess.run(command, capture_output=True, env=shell, timeout=300).returncode == 0, command
+            assert (bin_dir / command[0]).is_file()
+    assert _installs_of_ours(heavy) == before and str(tmp_path) not in before    # not re-pointed at a clone

@@ -193,9 +193,18 @@ def _hand_spec(argv: list[str]):
     return args.build(args)
 
 
+def _teacher_files(model: Path, run: dict) -> str:
+    """A teacher's model.pt (its content is not read here) and the metrics.json beside it."""
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(b"")
+    (model.parent / "metrics.json").write_text(json.dumps({"run": run, "final": {}}))
+    return str(model)
+
+
 def test_hand_run_student_equals_the_workflow_job_but_for_its_paths(tmp_path):
     w = plan("config/config.yaml", results=str(tmp_path / "res"))
     job = w.student_spec("cifar100", "resnet56", "resnet20", "KD", "MLL", "full", 0)
+    _teacher_files(Path(job.teacher_checkpoint), {"stage": "teacher", "teacher": "resnet56", "variant": "MLL"})
     hand = _hand_spec(["student", "--teacher", "resnet56", "--teacher-checkpoint", job.teacher_checkpoint,
                        "--student", "resnet20", "--method", "KD", "--out", str(tmp_path / "s")])
     assert isinstance(hand, StudentSpec)
@@ -206,7 +215,9 @@ def test_hand_run_student_equals_the_workflow_job_but_for_its_paths(tmp_path):
 
 
 def test_hand_run_flags_override_recipe_and_hyperparameters(tmp_path):
-    hand = _hand_spec(["student", "--teacher", "resnet32x4", "--teacher-checkpoint", "t.pt", "--student", "ShuffleV1",
+    (tmp_path / "t.pt").write_bytes(b"")
+    hand = _hand_spec(["student", "--teacher", "resnet32x4", "--teacher-checkpoint", str(tmp_path / "t.pt"),
+                       "--variant", "MLL", "--student", "ShuffleV1",
                        "--method", "KD", "--hp", "T=2", "--hp", "alpha=0.5", "--epochs", "3", "--seed", "2",
                        "--data-root", "/data/cifar", "--out", str(tmp_path)])
     assert hand.hparams["T"] == 2 and hand.hparams["alpha"] == 0.5 and hand.hparams["ce_weight"] == 0.1
@@ -214,9 +225,10 @@ def test_hand_run_flags_override_recipe_and_hyperparameters(tmp_path):
     assert hand.seed == 2 and hand.dataset["root"] == "/data/cifar"
     teacher = _hand_spec(["teacher", "--model", "resnet56", "--early-stop", "60", "--out", str(tmp_path / "t")])
     assert teacher.stop_after_epoch == 60 and teacher.recipe["epochs"] == 240
-    mcmi = _hand_spec(["mcmi", "--model", "resnet56", "--teacher-checkpoint", "t.pt", "--lam", "0.15",
+    mcmi = _hand_spec(["mcmi", "--model", "resnet56", "--teacher-checkpoint", str(tmp_path / "t.pt"), "--lam", "0.15",
                        "--out", str(tmp_path / "m")])
-    assert mcmi.lam == 0.15 and mcmi.teacher_checkpoint == "t.pt" and mcmi.recipe["schedule"] == "cosine"
+    assert mcmi.lam == 0.15 and mcmi.teacher_checkpoint == str(tmp_path / "t.pt")
+    assert mcmi.recipe["schedule"] == "cosine"
 
 
 def test_student_help_lists_every_method_with_its_hyperparameters(capsys):
@@ -231,6 +243,7 @@ def test_student_help_lists_every_method_with_its_hyperparameters(capsys):
 
 
 def test_hand_run_bad_hyperparameter_is_refused(tmp_path):
+    (tmp_path / "t.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="NAME=VALUE"):
-        _hand_spec(["student", "--teacher", "resnet56", "--teacher-checkpoint", "t.pt", "--student", "resnet20",
-                    "--method", "KD", "--hp", "T4", "--out", str(tmp_path)])
+        _hand_spec(["student", "--teacher", "resnet56", "--teacher-checkpoint", str(tmp_path / "t.pt"), "--variant",
+                    "MLL", "--student", "resnet20", "--method", "KD", "--hp", "T4", "--out", str(tmp_path / "s")])

@@ -164,6 +164,36 @@ def test_corrupt_image_is_named_at_the_data_check(tmp_path, in_memory):
         _prepare(tmp_path, {"kind": "imagefolder", "root": str(root), "image_size": 16, "in_memory": in_memory})
 
 
+def test_truncated_jpeg_in_a_streamed_folder_is_named_at_the_data_check(tmp_path):
+    """PIL's verify() passes a truncated JPEG, which would fail inside training: the check decodes."""
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "folder", classes=2)
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(pixels).save(whole, quality=90)
+    cut = root / "train" / "class1" / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"class1/cut\.jpg: corrupt or unreadable image: .*truncated"):
+        _prepare(tmp_path, {"kind": "imagefolder", "root": str(root), "image_size": 16, "in_memory": False})
+    assert not (tmp_path / "ready.json").exists()
+
+
+def test_offline_cifar_download_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError) as error:
+        load_cifar("cifar100", tmp_path / "data", download=True)
+    message = str(error.value)
+    assert "\n" not in message and "download into" in message and "Name or service not known" in message
+    assert f"{tmp_path / 'data' / 'cifar-100-python'}/" in message and "'download: false'" in message
+
+
 def _rewrite_cifar(root: Path, edit) -> Path:
     path = root / "cifar-100-python" / "train"
     with open(path, "rb") as handle:
@@ -244,6 +274,66 @@ def test_config_mistakes_are_refused_naming_the_key(edit, key):
     with pytest.raises(Exception) as error:
         _validated(edit)
     assert key in str(error.value)
+
+
+def _planned(edit) -> None:
+    """The plan of the edited test config, as the Snakefile makes it while it is read: validation,
+    the checks beyond the schema, then the student groups (whose planning needs every target)."""
+    from mcmi.pipeline import WorkflowConfig
+
+    config = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    edit(config)
+    WorkflowConfig(config, repo=REPO).student_groups()
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("edit, message", [
+    # NaN/inf anywhere, before the schema (they used to fail in planning as "not JSON compliant")
+    (_set("methods.KD.T", NAN), "config methods.KD.T: not a finite number"),
+    (_set("recipes.tiny.lr", NAN), "config recipes.tiny.lr: not a finite number"),
+    (_set("experiments.table3.alpha_percent", [NAN]), "config experiments.table3.alpha_percent[0]: not a finite"),
+    (_set("mcmi.lambda_grid.digits", [0.1, INF]), "config mcmi.lambda_grid.digits[1]: not a finite number"),
+    # out of range is reported as out of range (not as "'alpha_percent', ... were unexpected")
+    (_set("experiments.table3.alpha_percent", [150]),
+     "config experiments.table3.alpha_percent[0]: 150 is greater than the maximum of 100"),
+    (_set("experiments.figure1.temperatures", [0, 4]),
+     "config experiments.figure1.temperatures[0]: 0 is less than or equal to the minimum of 0"),
+    (_set("experiments.table7.lambdas", [-0.1]), "config experiments.table7.lambdas[0]: -0.1 is less than the minimum"),
+    (_set("experiments.table4.es_epochs", {"resnet18": 0}),
+     "config experiments.table4.es_epochs.resnet18: 0 is less than the minimum of 1"),
+    (_set("experiments.figure4.lam", -1), "config experiments.figure4.lam: -1 is less than the minimum of 0"),
+    # an integer is an int: a float batch size used to fail inside the first training job
+    (_set("recipes.tiny.batch_size", 32.0), "config recipes.tiny.batch_size: 32.0 is not of type 'integer'"),
+    # numbers that name paths must print as themselves (they used to merge, or match no rule)
+    (_set("mcmi.lambda_grid.digits", [0.1, 0.1000001]),
+     "mcmi.lambda_grid.digits[1]: 0.1000001 would be written '0.1' in output paths, the same as 0.1"),
+    (_set("mcmi.lambda_grid.digits", [-0.0, 0.1]), "mcmi.lambda_grid.digits[0]: -0.0 would be written '-0'"),
+    (_set("experiments.table7.lambdas", [0, 1e-5]), "experiments.table7.lambdas[1]: 1e-05 would be written '1e-05'"),
+    (_set("experiments.table3.alpha_percent", [12.3456789]), "experiments.table3.alpha_percent[0]: 12.3456789"),
+    # noticed while planning, not by the table job after all the training / by an input function
+    (_set("paper_dir", "/nonexistent/paper"), "paper_dir: '/nonexistent/paper' is not a folder"),
+    (_set("mcmi.lambda_selection.mode", "paper"),
+     "mcmi.paper_lambda_star.demo_imagenet.resnet18: needed because mcmi.lambda_selection.mode is 'paper'"),
+])
+def test_config_mistakes_are_refused_while_planning_naming_the_key(edit, message):
+    from mcmi.pipeline import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        _planned(edit)
+    assert message in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_device_without_a_gpu_is_refused_for_jobs_run_here():
+    from mcmi.pipeline import ConfigError, WorkflowConfig
+
+    config = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    config["device"] = "cuda"
+    plan = WorkflowConfig(config, repo=REPO)        # planning for a cluster's GPU nodes is fine
+    with pytest.raises(ConfigError, match=r"device: 'cuda', but this machine has no usable CUDA GPU"):
+        plan.check_device_here()
 
 
 def test_results_path_that_is_a_file_is_refused(tmp_path):

@@ -136,6 +136,29 @@ def test_bad_config_fails_validation_naming_the_key(tmp_path, edit, key):
     assert not (tmp_path / "results").exists()
 
 
+def test_config_overrides_of_lists_and_nested_keys_mean_what_they_say(tmp_path):
+    """`--config seeds=[0,1]` (Snakemake leaves '0' and '1' strings) and a nested mapping merged key
+    by key into the config file's: table3 (top-level seeds) plans seed 1 too, and table3's keys that
+    the override does not name stay."""
+    result = snakemake("-n", "table3", "--configfile", str(_config(tmp_path)), "--config", "seeds=[0,1]",
+                       "experiments={table3: {alpha_percent: [25]}}", "mcmi={epochs: {digits: 2}}",
+                       workdir=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    groups = student_jobs(job_counts(result.stdout))
+    assert {"students_digits_resnet14_resnet8_MLL_fs25_seed0", "students_digits_resnet14_resnet8_MLL_fs25_seed1",
+            "students_digits_resnet14_resnet8_MCMI_fs25_seed1"} <= set(groups)
+    assert not any("fs50" in name for name in groups)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_device_without_a_gpu_fails_before_any_job_runs_here(tmp_path):
+    result = snakemake("--cores", "1", "--configfile", str(_config(tmp_path, lambda c: c.update(device="cuda"))),
+                       workdir=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "device: 'cuda', but this machine has no usable CUDA GPU" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_test_config_runs_end_to_end(tmp_path):
     config = _config(tmp_path)
     result = snakemake("--cores", "2", "--configfile", str(config), workdir=tmp_path, timeout=1200)

@@ -4,19 +4,26 @@
     mcmi mcmi --model M --teacher-checkpoint P --lam L --out DIR ...   MCMI fine-tuning of a teacher
     mcmi student --teacher T --teacher-checkpoint P --student S --method KD --out DIR ...   distil a student
     mcmi stage --spec SPEC            run one stage (teacher, import, mcmi, measure, student, ...)
-    mcmi select-lambda ...            pick lambda* from students' metrics
-    mcmi adopt-teacher ...            make the lambda* grid teacher the MCMI teacher
+    mcmi select-lambda --out F --teacher T --dataset D M...   pick lambda* from students' metrics
+    mcmi adopt-teacher --models P... --metrics M... --lam L --out-model P --out-metrics F
+                                      make the lambda* grid teacher the MCMI teacher
     mcmi table N --out PREFIX M...    aggregate metrics files into table N
     mcmi figure N --out PREFIX M...   aggregate metrics files into figure N
     mcmi paper-check --out PREFIX     Table 5's one-hot Pdist against its ground-truth accuracies
 
 SPEC is a JSON object, given inline or as @path/to/spec.json (or .yaml).
+
+Errors: input the command cannot use (a flag, a config key, a file that is missing or unreadable)
+is one line on stderr and exit status 2; a run that fails on the way (a loss that turns NaN, a full
+disk, a read-only folder) is one line and exit status 1. Anything else is a bug and shows its
+traceback; MCMI_TRACEBACK=1 shows the traceback of the one-line errors too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,16 +32,25 @@ import yaml
 
 
 def _read_spec(text: str) -> dict[str, Any]:
-    if text.startswith("@"):
-        path = Path(text[1:])
-        if not path.is_file():
-            raise SystemExit(f"spec file not found: {path}")
-        text = path.read_text()
-        spec = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    else:
-        spec = json.loads(text)
+    where = "--spec"
+    try:
+        if text.startswith("@"):
+            path = Path(text[1:])
+            where = f"--spec {path}"
+            if not path.is_file():
+                raise FileNotFoundError(f"{where}: no such file")
+            text = path.read_text()
+            spec = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        else:
+            spec = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error})") from None
+    except yaml.YAMLError as error:
+        from mcmi.pipeline.config import yaml_error_text
+
+        raise ValueError(f"{where}: not valid YAML ({yaml_error_text(error)})") from None
     if not isinstance(spec, dict):
-        raise SystemExit("a spec must be a JSON object")
+        raise ValueError(f"{where}: a spec must be a JSON object")
     return spec
 
 
@@ -48,12 +64,17 @@ def _cmd_stage(args: argparse.Namespace) -> None:
 
 
 def _cmd_hand_run(args: argparse.Namespace) -> None:
+    from mcmi.pipeline import handrun
     from mcmi.stages import run_stage
 
     spec = args.build(args)
-    print(f"job spec: {spec.to_json()}", flush=True)
     if args.print_spec:
+        print(spec.to_json(), flush=True)      # JSON only: what `mcmi stage --spec` takes
         return
+    threads = handrun.job_threads(args)
+    handrun.check_before_running(spec, args)
+    handrun.apply_threads(threads)
+    print(f"job spec ({threads} thread{'s' if threads > 1 else ''}): {spec.to_json()}", flush=True)
     run_stage(spec)
 
 
@@ -105,6 +126,7 @@ def _cmd_paper_check(args: argparse.Namespace) -> None:
 
 
 REPORT_COMMANDS = ("table", "figure")
+PAPER_DIR = Path(__file__).resolve().parents[2] / "config" / "paper"   # this repository's published numbers
 
 
 def build_parser(report_ids: bool = True) -> argparse.ArgumentParser:
@@ -149,15 +171,15 @@ def build_parser(report_ids: bool = True) -> argparse.ArgumentParser:
         p.add_argument("number", type=id_type, help=f"{name} id{ids[name]}")
         p.add_argument("--out", required=True, help="output prefix (extensions are added)")
         if name == "table":
-            p.add_argument("--paper-dir", default="config/paper")
+            p.add_argument("--paper-dir", default=str(PAPER_DIR), help="the paper's published numbers")
         p.add_argument("--plan-config", metavar="CONFIG",
                        help="a workflow config (YAML file, or inline JSON as the rules pass it): refuse metrics "
                             "files that this config would not make (stale results)")
-        p.add_argument("metrics", nargs="*")
+        p.add_argument("metrics", nargs="*", help="metrics files (before or after the options)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("paper-check", help="Table 5: Bayes accuracy implied by the paper's one-hot Pdist")
-    p.add_argument("--paper-dir", default="config/paper")
+    p.add_argument("--paper-dir", default=str(PAPER_DIR), help="the paper's published numbers")
     p.add_argument("--num-points", type=int, default=5000, help="points the Pdist is summed over")
     p.add_argument("--z-slack", type=float, default=3.0, help="standard errors of sampling slack")
     p.add_argument("--out", required=True, help="output prefix (.csv and .md are written)")
@@ -192,6 +214,9 @@ def _add_hand_runs(sub: Any) -> None:
                    help="a method hyperparameter, repeatable: --hp T=4 --hp alpha=0.9")
     p.add_argument("--few-shot", type=float, metavar="ALPHA", help="train on ALPHA %% of each class (Table 3)")
     p.add_argument("--hsakd-heads", help="HSAKD: the teacher's auxiliary heads (mcmi stage hsakd_heads output)")
+    p.add_argument("--variant", help="the teacher's variant (MLL, MCMI, MCMI_lam<lambda>, ES<epochs>) for the "
+                                     "student's records; default: the one the metrics.json beside the "
+                                     "teacher checkpoint records (refused when the two disagree)")
     handrun.add_common(p)
     p.set_defaults(func=_cmd_hand_run, build=handrun.student_spec)
     for name in ("teacher", "mcmi", "student"):
@@ -199,14 +224,49 @@ def _add_hand_runs(sub: Any) -> None:
                                        help="print the job spec and stop (the JSON `mcmi stage --spec` takes)")
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed; the metrics files of ``table``/``figure`` may come before or after the options
+    (argparse alone takes the number and no files when ``--out`` comes between them)."""
+    argv = list(argv)
+    report = bool(argv) and argv[0] in REPORT_COMMANDS
+    parser = build_parser(report_ids=report)
+    if not report:
+        return parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    stray = [item for item in rest if item.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.metrics = list(args.metrics) + rest
+    return args
+
+
+def _error_line(exc: BaseException) -> str:
+    return "mcmi: error: " + " ".join(str(exc).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(report_ids=bool(argv) and argv[0] in REPORT_COMMANDS).parse_args(argv)
+    """Run one command; its known errors are one line on stderr (see the module docstring)."""
+    from mcmi.provenance import NonFiniteValueError
+    from mcmi.train import NonFiniteLossError
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"mcmi: error: {exc}", file=sys.stderr)
+    except (NonFiniteLossError, NonFiniteValueError) as exc:      # the run failed: a NaN/inf result
+        if os.environ.get("MCMI_TRACEBACK"):
+            raise
+        print(_error_line(exc), file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as exc:   # input that cannot be used
+        if os.environ.get("MCMI_TRACEBACK"):
+            raise
+        print(_error_line(exc), file=sys.stderr)
         return 2
+    except OSError as exc:                  # the run failed on the way: a full disk, a read-only folder, ...
+        if os.environ.get("MCMI_TRACEBACK"):
+            raise
+        print(_error_line(exc), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,10 +2,19 @@
 import os
 from pathlib import Path
 
+from snakemake.utils import update_config
+
 from mcmi.pipeline import WorkflowConfig  # noqa: E402
+from mcmi.pipeline.config import typed_overrides  # noqa: E402
 from mcmi.pipeline.lock import ResultsLock  # noqa: E402
 from mcmi.provenance import canonical_json  # noqa: E402
 from mcmi.pipeline.naming import TRAINED_TEACHER_VARIANT, WILDCARDS  # noqa: E402
+
+# Config layers: config/config.yaml, or the --configfile files instead (merged in order); then the
+# --config overrides, merged key by key into nested mappings (lists are replaced). Snakemake leaves
+# the scalars inside an override's lists and mappings strings (seeds=[0,1] -> ['0', '1']); they are
+# read again as YAML here, so the override means what it says.
+update_config(config, typed_overrides(workflow.config_settings.config))
 
 # The schema check, its defaults and the checks beyond it: mcmi.pipeline.config (one place for rules and code).
 W = WorkflowConfig(config, repo=Path(workflow.basedir))
@@ -18,7 +27,11 @@ PLAN_CONFIG = W.record_plan_config()
 RESULTS_LOCK = ResultsLock(W.results)
 
 
+# Snakemake keeps one handler of each kind: everything that must happen before the first job is here.
 onstart:
+    # Jobs that run on this machine need the config's device here (on a cluster the submit node may have none).
+    if workflow.local_exec:
+        W.check_device_here()
     RESULTS_LOCK.acquire()
 
 

@@ -44,8 +44,9 @@ def open_image(loader: Any, path: str) -> Any:
 
 
 def verify_image_files(paths: list[str], label: str, workers: int = 8) -> None:
-    """Open every image and run PIL's structural check (no full decode), in threads, with progress;
-    the first failure raises a ``ValueError`` naming the file."""
+    """Decode every image fully to RGB, as training will (PIL's ``verify()`` alone passes a truncated
+    JPEG, which then fails inside training), in threads (PIL releases the GIL while decoding), with
+    progress; the first failure raises a ``ValueError`` naming the file."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
@@ -53,7 +54,7 @@ def verify_image_files(paths: list[str], label: str, workers: int = 8) -> None:
     def check(path: str) -> str | None:
         try:
             with Image.open(path) as image:
-                image.verify()
+                image.convert("RGB")
         except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files
             return f"{path}: corrupt or unreadable image: {type(error).__name__}: {error}"
         return None
@@ -140,7 +141,7 @@ class StreamingImageFolder:
         return digest.hexdigest()
 
     def verify_images(self) -> None:
-        """Check that every image of this split opens (the data job runs this once)."""
+        """Check that every image of this split decodes (the data job runs this once)."""
         paths = [self.tree.samples[int(i)][0] for i in self.indices]
         verify_image_files(paths, str(self.root), workers=max(2, self.workers))
 

@@ -70,17 +70,33 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
+def _download_cifar(name: str, tv_name: str, root: Path, base: Path) -> None:
+    """torchvision's download and checksum of the archive into ``root``; a failure (no network, a
+    proxy, a corrupt archive) is one FileNotFoundError saying how to provide the files instead."""
+    import urllib.error
+
+    import torchvision
+
+    try:
+        getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise FileNotFoundError(
+            f"{name}: download into {root} failed ({type(error).__name__}: {' '.join(str(reason).split())}). "
+            f"Without network access, put the extracted python version of the dataset at {base}/ and set "
+            f"the dataset's 'download: false' in the config"
+        ) from error
+
+
 def load_cifar(name: str, root: str | Path, download: bool = False) -> tuple[TensorImageDataset, TensorImageDataset]:
     """CIFAR-10/100 from ``root`` (the folder holding cifar-10-batches-py/ or cifar-100-python/).
 
     With ``download`` torchvision fetches and verifies the archive first (needs network)."""
     folder, train_files, test_files, label_key, num_classes, tv_name = _CIFAR_LAYOUT[name]
     root = Path(root)
-    if download:
-        import torchvision
-
-        getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
     base = root / folder
+    if download:
+        _download_cifar(name, tv_name, root, base)
     missing = [f for f in train_files + test_files if not (base / f).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -184,8 +200,8 @@ def load_dataset(spec: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def verify_dataset(*splits: Any) -> None:
-    """The data job's deep check: a dataset streamed from files (ImageNet) has every image opened
-    and verified, so a corrupt file is reported with its path before any training job starts.
+    """The data job's deep check: a dataset streamed from files (ImageNet) has every image decoded,
+    so a corrupt or truncated file is reported with its path before any training job starts.
     In-memory datasets were fully decoded and checked while loading."""
     for split in splits:
         verify = getattr(split, "verify_images", None)

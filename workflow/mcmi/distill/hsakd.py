@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,6 +15,7 @@ from mcmi.distill._common import init_heads, kd_loss
 from mcmi.distill.base import DistillMethod, PairContext, register, shared_teacher_work
 from mcmi.models.base import FeatureShapes, ZooModel
 from mcmi.objectives import Objective, StepOutput
+from mcmi.provenance import save_torch_atomic
 
 NUM_ROTATIONS = 4
 TEACHER_HEADS_KEY = "hsakd_teacher_heads"
@@ -122,18 +121,10 @@ def build_heads(model_name: str, shapes: FeatureShapes, num_classes: int, kind: 
 
 
 def save_teacher_heads(heads: nn.Module, path: str | Path) -> None:
-    """Write {'kind': heads.kind, 'state_dict': ...} to ``path`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        state = {k: v.detach().cpu() for k, v in heads.state_dict().items()}
-        torch.save({"kind": heads.kind, "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write {'kind': heads.kind, 'state_dict': ...} to ``path`` through the project's one atomic
+    writer (``mcmi.provenance.save_torch_atomic``: temporary file, rename, usual permissions)."""
+    state = {k: v.detach().cpu() for k, v in heads.state_dict().items()}
+    save_torch_atomic(path, {"kind": heads.kind, "state_dict": state})
 
 
 def load_teacher_heads(path: str | Path, shapes: FeatureShapes, num_classes: int, model_name: str = "",
@@ -270,9 +261,11 @@ class HSAKD(DistillMethod):
 
         Computed one rotation at a time (each a contiguous tensor, as ``rotate_batch``'s) and
         interleaved: in eval mode a sample's outputs do not depend on the rest of the batch, so this
-        equals one pass over the 4B samples (tested; bit for bit on CPU in float32). Rotation 0 is
-        not the plain batch itself, whose memory layout may differ (the data pipeline's channels-last
-        strides), because a different layout may round differently.
+        equals one pass over the 4B samples up to float rounding (kernels may split their sums
+        differently for another batch size: one or two float32 ulps on some CPUs; tested to a stated
+        tolerance). Every student computes it the same way, alone or in a group, so those agree bit
+        for bit. Rotation 0 is not the plain batch itself, whose memory layout may differ (the data
+        pipeline's channels-last strides), because a different layout may round differently.
         """
         logits, heads = [], []
         for k in range(NUM_ROTATIONS):

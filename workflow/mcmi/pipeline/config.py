@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
+import re
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import yaml
 
-from mcmi.pipeline.naming import split_pair
+from mcmi.pipeline.naming import NUMBER, number_text, split_pair
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -22,10 +24,18 @@ class ConfigError(ValueError):
 
 def with_defaults(config: dict[str, Any], schema_path: Path | None = None) -> dict[str, Any]:
     """``config`` validated against the schema, with every ``default`` of the schema filled in
-    (in place, as Snakemake's ``validate`` does, so the rules and the code see one config)."""
+    (in place, as Snakemake's ``validate`` does, so the rules and the code see one config).
+
+    Stricter than plain JSON schema in two ways: a NaN or infinity anywhere is refused (first, naming
+    its key), and ``integer`` means an int (JSON schema also takes 64.0, which fails in training)."""
     import jsonschema
     from jsonschema import validators
 
+    from mcmi.provenance import find_non_finite
+
+    non_finite = find_non_finite(config)
+    if non_finite:
+        raise ConfigError(f"config {non_finite}: not a finite number (NaN and infinity are refused)")
     schema = _load_schema(Path(schema_path or SCHEMA))
     base = jsonschema.Draft202012Validator
     fill_properties = base.VALIDATORS["properties"]
@@ -37,12 +47,45 @@ def with_defaults(config: dict[str, Any], schema_path: Path | None = None) -> di
                     instance[name] = copy.deepcopy(prop["default"])
         yield from fill_properties(validator, props, instance, sub)
 
-    filling = validators.extend(base, {"properties": properties})
+    strict_integers = base.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+    filling = validators.extend(base, {"properties": properties}, type_checker=strict_integers)
     error = jsonschema.exceptions.best_match(filling(schema).iter_errors(config))
     if error is not None:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
         raise ConfigError(f"config {where or '(top level)'}: {error.message}")
     return config
+
+
+def yaml_error_text(error: Exception) -> str:
+    """A YAML parser error in one line: what is wrong and where (PyYAML's own text spans lines)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
+def typed_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Snakemake's ``--config key=value`` overrides with the scalars inside lists and mappings read
+    as YAML. Snakemake types a top-level value (int, float, bool, else string) but reads lists and
+    mappings with YAML's BaseLoader, which leaves every scalar a string: ``seeds=[0,1]`` arrives as
+    ['0', '1']. A scalar YAML reads as a number, bool or null gets that type; other strings stay."""
+
+    def retype(value: Any, top: bool) -> Any:
+        if isinstance(value, Mapping):
+            return {key: retype(item, False) for key, item in value.items()}
+        if isinstance(value, list):
+            return [retype(item, False) for item in value]
+        if isinstance(value, str) and not top:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+        return value
+
+    return {key: retype(value, True) for key, value in overrides.items()}
 
 
 @functools.lru_cache(maxsize=4)
@@ -118,10 +161,67 @@ def check_config(cfg: dict[str, Any], teacher_epochs: Callable[[str, str], int],
                 resolve_config(cfg["experiments"]["table5"].get("synthetic", {}), preset)
             except ValueError as error:
                 raise ConfigError(f"experiments.table5.synthetic (preset {preset}): {error}") from error
+    for key, value in _path_numbers(cfg):
+        check_path_number(value, key)
     if "table4" in cfg["experiments"]:
         _check_early_stop(cfg["experiments"]["table4"], teacher_epochs)
     if "figure4" in cfg["experiments"]:
         _check_zero_shot(cfg, cfg["experiments"]["figure4"])
+
+
+def _path_numbers(cfg: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(key, value) of every config number that becomes part of an output path: lambdas
+    (``MCMI_lam<lambda>``), few-shot alphas (``fs<alpha>``), temperatures (``T<t>``), delta_mu."""
+    for ds, grid in cfg["mcmi"]["lambda_grid"].items():
+        yield from ((f"mcmi.lambda_grid.{ds}[{i}]", lam) for i, lam in enumerate(grid))
+    for ds, teachers in cfg["mcmi"].get("paper_lambda_star", {}).items():
+        yield from ((f"mcmi.paper_lambda_star.{ds}.{teacher}", lam) for teacher, lam in teachers.items())
+    lists = {"table3": "alpha_percent", "table7": "lambdas", "figure1": "temperatures", "table5": "delta_mu"}
+    for exp_name, key in lists.items():
+        values = cfg["experiments"].get(exp_name, {}).get(key, [])
+        yield from ((f"experiments.{exp_name}.{key}[{i}]", value) for i, value in enumerate(values))
+    if "lam" in cfg["experiments"].get("figure4", {}):
+        yield "experiments.figure4.lam", cfg["experiments"]["figure4"]["lam"]
+
+
+def check_path_number(value: float, key: str) -> None:
+    """``value`` is written in output paths as ``number_text`` writes it (6 significant digits, the
+    rules' wildcards take digits and a point): refuse a value whose text would not read back as
+    itself, since two such values would share one path (0.1 and 0.1000001) or match no rule (1e-05, -0)."""
+    text = number_text(value)
+    if math.copysign(1.0, float(value)) < 0 and float(value) == 0:
+        raise ConfigError(f"{key}: -0.0 would be written '-0' in output paths; write 0")
+    if not re.fullmatch(NUMBER, text):
+        raise ConfigError(f"{key}: {value!r} would be written {text!r} in output paths, which the rules cannot "
+                          f"match; use a plain decimal of at most 6 significant digits from 0.0001 up (or 0)")
+    if float(text) != float(value):
+        raise ConfigError(f"{key}: {value!r} would be written {text!r} in output paths, the same as "
+                          f"{float(text)!r}; use at most 6 significant digits")
+
+
+def check_device_here(device: str, key: str = "device") -> None:
+    """``device`` (a config's or ``--device``) can be used on this machine: 'cuda'/'cuda:N' need a
+    visible CUDA GPU (N below their count), 'mps' Apple's GPU. For jobs that run here; a cluster's
+    submit node may have no GPU, so the workflow checks this only when jobs run locally."""
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            found = f"{count} visible CUDA GPU(s)" if count else "no usable CUDA GPU"
+            raise ConfigError(f"{key}: {device!r}, but this machine has {found} (torch.cuda.is_available() is "
+                              f"{torch.cuda.is_available()}); use 'auto' (CUDA when present, else the CPU) or 'cpu'")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}: 'mps', but Apple's GPU is not available here; use 'auto' or 'cpu'")
+
+
+def check_paper_dir(paper_dir: str, raw: str) -> None:
+    """The tables are written beside the paper's published numbers, read from ``paper_dir``."""
+    if not Path(paper_dir).is_dir():
+        where = "" if raw == paper_dir else f" (looked for {paper_dir})"
+        raise ConfigError(f"paper_dir: {raw!r} is not a folder{where}; the tables need the paper's published "
+                          f"numbers there (this repository's config/paper)")
 
 
 def _check_results_path(results: Any) -> None:

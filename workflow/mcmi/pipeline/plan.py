@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcmi.pipeline.config import ConfigError, check_config, with_defaults
+from mcmi.pipeline.config import ConfigError, check_config, check_device_here, check_paper_dir, with_defaults
 from mcmi.pipeline.naming import MCMI, MLL, VARIANTS, Setting, Variant, grid_variant, number_text, split_pair
 from mcmi.pipeline.paths import Paths
 from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec,
@@ -60,6 +60,12 @@ class WorkflowConfig:
         self._groups: list[StudentGroup] | None = None    # planned once, on first use
         check_config(self.config, lambda ds, model: self.recipe(ds, "teacher", model)["epochs"],
                      self.synthetic_presets)
+        if any(name.startswith("table") for name in self.config["experiments"]):
+            check_paper_dir(self.paper_dir, self.config["paper_dir"])
+
+    def check_device_here(self) -> None:
+        """The config's ``device`` exists on this machine (for jobs that run here, not on a cluster)."""
+        check_device_here(self.config["device"])
 
     # ------------------------------------------------------------------ paths
     def data_ready(self, ds: str) -> str:
@@ -251,6 +257,9 @@ class WorkflowConfig:
                 if found and found["variant"] == MCMI:
                     mcmi_teachers.add((found["dataset"], found["teacher"]))
         mcmi_teachers |= {(c.ds, c.teacher) for c in cells if c.variant == MCMI}
+        if self.selection_mode() == "paper":      # refused here, while planning, not by an input function
+            for ds, teacher in sorted(mcmi_teachers):
+                self.paper_lambda_star(ds, teacher)
         if self.selection_mode() == "select":
             for ds, teacher in sorted(mcmi_teachers):
                 cells |= {self._cell(p) for p in self.selection_inputs(ds, teacher)}
