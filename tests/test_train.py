@@ -250,3 +250,18 @@ def test_student_resume_restores_the_method_state_but_does_not_store_the_teacher
         assert torch.equal(value, student.state_dict()[key]), key
     for key, value in full_objective.state_dict().items():
         assert torch.equal(value, objective.state_dict()[key]), key
+
+
+def test_a_job_asking_for_a_missing_gpu_fails_with_one_line():
+    """A spec with ``device: cuda`` run where there is no GPU (e.g. a cluster node without one) is a
+    ConfigError naming the device, not torch's error from deep inside the first step."""
+    import torch
+
+    from mcmi.pipeline.config import ConfigError
+    from mcmi.train import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="'cuda', but this machine has no usable CUDA GPU"):
+        pick_device("cuda")
+    assert pick_device("cpu").type == "cpu"

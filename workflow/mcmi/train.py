@@ -96,6 +96,9 @@ def pick_device(requested: str | None = None) -> torch.device:
     claims a free one), otherwise the CPU. ``requested`` other than 'auto' is used as given. On a
     GPU, cuDNN benchmarks its kernels once for the fixed input shapes (``cudnn.benchmark``)."""
     if requested and requested != "auto":
+        from mcmi.pipeline.config import check_device_here
+
+        check_device_here(requested, "the job's device")     # one line, not torch's error, where it is missing
         device = torch.device(requested)
     elif not torch.cuda.is_available():
         device = torch.device("cpu")
