@@ -434,3 +434,31 @@ def test_mcmi_figure_lists_every_figure_it_knows(tmp_path, capsys):
 
     assert main(["figure", "3", "--out", str(tmp_path / "f")]) == 2
     assert "known figures: [1, 2, 4]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("write", ["json", "torch"])
+def test_disk_full_is_named_and_leaves_no_temporary(tmp_path, monkeypatch, write):
+    """A write onto a full disk (simulated with /dev/full, which fails every write with ENOSPC) is a
+    DiskFullError naming the file and saying the disk is full, and leaves no temporary behind."""
+    import tempfile
+
+    import mcmi.provenance as provenance
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    real_mkstemp = tempfile.mkstemp
+
+    def full_disk(**kwargs):
+        fd, name = real_mkstemp(**kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(provenance.tempfile, "mkstemp", full_disk)
+    target = tmp_path / ("metrics.json" if write == "json" else "model.pt")
+    with pytest.raises(provenance.DiskFullError, match="the disk is full") as error:
+        if write == "json":
+            provenance.write_json_atomic(target, {"pad": "x" * 100_000})
+        else:
+            provenance.save_torch_atomic(target, {"w": torch.zeros(100_000)})
+    assert str(target) in str(error.value)
+    assert not target.exists() and not list(tmp_path.iterdir())
