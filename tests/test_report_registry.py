@@ -43,7 +43,7 @@ def test_cli_help_and_workflow_targets_list_every_declaration(test_config: dict,
     assert "figure id: 1, 2, 4" in _help("figure", capsys)
     w = WorkflowConfig(copy.deepcopy(test_config), REPO)
     assert list(w.targets()) == [spec.target for spec in all_targets()]     # test.yaml configures all
-    assert w.targets()["table1x"] == [f"{w.results}/tables/table1x.{ext}" for ext in ("md", "tex", "csv")]
+    assert w.targets()["table1x"] == [f"{w.results}/tables/table1x.{ext}" for ext in ("md", "tex", "csv", "html")]
     assert w.targets()["figure4"] == [f"{w.results}/figures/figure4.{ext}" for ext in ("pdf", "png")]
 
 
@@ -86,8 +86,8 @@ def test_inputs_of_each_declaration_on_a_small_config(test_config: dict) -> None
     assert w.table_inputs(5) == [f"r/synthetic/as_written/dmu{d}.json" for d in ("1", "0.5")]
     assert w.table_inputs(6) == ["r/digits/teachers/resnet14/lambda_star.json",
                                  "r/digits/teachers/resnet8/lambda_star.json"]
-    assert w.table_inputs(7) == [measure("MCMI_lam0", 1), measure("MCMI_lam0.25", 1), student("MCMI_lam0", "full"),
-                                 student("MCMI_lam0.25", "full")]
+    assert w.table_inputs(7) == [measure("MLL", 1), measure("MCMI_lam0", 1), measure("MCMI_lam0.25", 1),
+                                 student("MLL", "full"), student("MCMI_lam0", "full"), student("MCMI_lam0.25", "full")]
     assert w.figure_inputs(1) == [measure("MLL", 1), student("MLL", "T1"), measure("MLL", 4), student("MLL", "T4")]
     assert w.figure_inputs(2) == ["r/digits/teachers/resnet14/MLL/metrics.json"]
     assert w.figure_inputs(4) == [student("MLL", "zs"), student("MCMI_lam0.1", "zs")]
