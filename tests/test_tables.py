@@ -395,6 +395,7 @@ def test_signature_note_when_the_mcmi_teacher_has_a_lower_cmi(tmp_path: Path) ->
     section = md.split("## resnet14 [digits] → resnet8 [digits] (ours only)")[1].split("\n## ")[0]
     assert ("**Note: the paper's signature does not hold here**: CMI 0.1600 vs 0.2000, LL -0.1400 vs -0.2100 "
             "(MCMI vs MLL teacher); its CMI is not above the MLL teacher's") in section
+    assert "Its LL is above the MLL teacher's: the fine-tuning went on fitting the training set" in section
     assert "holds for 0 of 1 teacher of ours; **not for resnet14 [digits]**" in md.split("\n\n")[2]
     df = build_table(1, _demo_pair(low, 0.16, -0.14), PAPER_DIR)
     assert cell(df, block="teacher", teacher="resnet14 [digits]", variant="MCMI", metric="teacher_cmi")[

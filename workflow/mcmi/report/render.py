@@ -168,6 +168,9 @@ def signature_line(sig: Signature) -> str | None:
     if not sig.cmi_above:
         why = (f"its CMI is not above the {c.control_name} teacher's, so its students do not test the paper's mechanism "
                f"(a teacher with a higher CMI)")
+        if not sig.ll_below:
+            why += (f". Its LL is above the {c.control_name} teacher's: the fine-tuning went on fitting the training "
+                    f"set, which lowers the CMI (the {c.control_name} teacher had not converged)")
     else:
         why = f"its CMI is above the {c.control_name} teacher's, as in the paper, but its LL is not below"
     return (f"**Note: the paper's signature does not hold here**: {values(sig.cmi, sig.ll)}; {why}.{paper}")
