@@ -119,8 +119,11 @@ def _layout(df: pd.DataFrame) -> Layout:
               f"each preset. A run at another scale than the paper's is tagged '[{REDUCED}]' and never matched."]
     cols = [METRIC_LABELS[m] for m in ("acc", "pdist", "pdist_mean")]
     ran = [p for p in presets if (df.loc[df["preset"] == p, "ours_n"] > 0).any()]
-    summary = [line for p in ran for line in
-               summary_lines(df[df["preset"] == p], [(TEACHERS, "acc"), (TEACHERS_PDIST, "pdist")], context=p)]
+    items = [(TEACHERS, "acc"), (TEACHERS_PDIST, "pdist")]
+    summary = [line for p in ran for line in summary_lines(df[df["preset"] == p], items, context=p)]
+    if all(REDUCED in p for p in ran):     # none beside the paper: its own differences, once (same in every preset)
+        summary += summary_lines(df[df["preset"] == next(p for p in presets if REDUCED not in p)], items,
+                                 context="the paper")
     return Layout(frame, "Student target", cols, notes=_ordering_lines(df), header_lines=header, summary=summary)
 
 
