@@ -185,6 +185,9 @@ def test_table5_reduced_scale_run_never_sits_beside_paper_numbers(tmp_path: Path
     section = md.split("## as_written [reduced scale], Δμ = 1")[1].split("##")[0]
     truth = next(line for line in section.splitlines() if line.startswith("| P* (ground truth) |"))
     assert f"61.00 ± 1.41 (2) | {DASH} |  |" in truth
+    # nothing of ours beside the paper: the summary adds the paper's own differences once
+    assert ("- **MCMI − MLL teacher** (Acc (%), the paper): no cell of ours has both sides; paper on all its cells: "
+            "better in 4 of 4, mean +0.39") in md
 
 
 def test_table6_lambda_star(tmp_path: Path) -> None:
