@@ -87,34 +87,22 @@ class Spread:
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Spread:
-        from scipy import stats
-
-        data = [float(v) for v in values]
-        n = len(data)
-        if n == 0:
-            return cls(math.nan, math.nan, 0, math.nan, math.nan)
-        mean = sum(data) / n
-        if n < 2:
-            return cls(mean, math.nan, n, math.nan, math.nan)
-        std = math.sqrt(sum((v - mean) ** 2 for v in data) / (n - 1))
-        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
-        return cls(mean, std, n, mean - half, mean + half)
+        return cls.pooled((float(v), math.nan, 1) for v in values)
 
     @classmethod
     def pooled(cls, parts: Iterable[tuple[float, float, int]]) -> Spread:
         """The spread of the union of samples given as (mean, std, n) each (std NaN when n = 1): the same
         as ``of`` over all their values, so a table's summary follows from its difference rows alone."""
+        from scipy import stats
+
         parts = [(m, 0.0 if math.isnan(s) else s, n) for m, s, n in parts if n > 0]
         n = sum(k for _, _, k in parts)
         if n == 0:
-            return cls.of([])
+            return cls(math.nan, math.nan, 0, math.nan, math.nan)
         mean = sum(m * k for m, _, k in parts) / n
         if n < 2:
             return cls(mean, math.nan, n, math.nan, math.nan)
-        squares = sum((k - 1) * s ** 2 + k * (m - mean) ** 2 for m, s, k in parts)
-        std = math.sqrt(squares / (n - 1))
-        from scipy import stats
-
+        std = math.sqrt(sum((k - 1) * s ** 2 + k * (m - mean) ** 2 for m, s, k in parts) / (n - 1))
         half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
         return cls(mean, std, n, mean - half, mean + half)
 
