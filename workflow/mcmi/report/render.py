@@ -163,8 +163,7 @@ def signature_line(sig: Signature) -> str | None:
     paper = "" if sig.paper_holds is None else f" Paper: {values(sig.paper_cmi, sig.paper_ll)}."
     if sig.holds:
         return (f"Signature (the {c.treated_name} teacher's training CMI above the {c.control_name} teacher's, its LL "
-                f"below): "
-                f"holds in our runs: {values(sig.cmi, sig.ll)}.{paper}")
+                f"below): holds in our runs: {values(sig.cmi, sig.ll)}.{paper}")
     if not sig.cmi_above:
         why = (f"its CMI is not above the {c.control_name} teacher's, so its students do not test the paper's mechanism "
                f"(a teacher with a higher CMI)")
