@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import mcmi.report.figures
 from mcmi.report.figures import lr_decay_epochs, make_figure, row_normalise
 
 
@@ -75,3 +76,33 @@ def test_confusion_figure(tmp_path: Path) -> None:
                            {"confusion": confusion})
     with pytest.raises(ValueError, match=r"zs_broken\.json.*run\.removed_classes"):
         make_figure(4, [broken], str(tmp_path / "bad"))
+
+
+def test_figure_titles_carry_the_dataset_tag_of_the_tables(tmp_path: Path, monkeypatch) -> None:
+    """A run on another dataset than the paper's is titled as in the tables: 'resnet14 [digits]'."""
+    titles: list[str] = []
+    save = mcmi.report.figures._save
+
+    def keep_titles(fig, out_prefix):
+        titles.extend(ax.get_title() for ax in fig.axes if ax.get_title())
+        save(fig, out_prefix)
+
+    monkeypatch.setattr(mcmi.report.figures, "_save", keep_titles)
+    digits = {"dataset": "digits", "teacher": "resnet14"}
+    sweep = [write_metrics(tmp_path, "m", {"stage": "measure", "variant": "MLL", "temperature": 4, **digits},
+                           {"test_acc": 90.0, "train_cmi": 0.2, "train_ll": -0.2}),
+             write_metrics(tmp_path, "s", {"stage": "student", "student": "resnet8", "method": "KD", "variant": "MLL",
+                                           "seed": 0, "temperature": 4, **digits}, {"test_acc": 80.0})]
+    make_figure(1, sweep, str(tmp_path / "figure1"))
+    history = [{"epoch": e, "lr": 0.05, "train_cmi": 0.2, "train_ll": -0.5} for e in (1, 2)]
+    make_figure(2, [write_metrics(tmp_path, "t", {"stage": "teacher", "seed": 0, **digits}, {"test_acc": 90.0},
+                                  history)], str(tmp_path / "figure2"))
+    confusion = (np.eye(3) * 5 + 1).tolist()
+    make_figure(4, [write_metrics(tmp_path, "zs", {"stage": "student", "student": "resnet8", "method": "KD",
+                                                   "variant": "MLL", "removed_classes": [1], **digits},
+                                  {"test_acc": 50.0, "confusion": confusion})], str(tmp_path / "figure4"))
+    paper = write_metrics(tmp_path, "paper", {"stage": "teacher", "seed": 0, "dataset": "cifar100",
+                                              "teacher": "resnet56"}, {"test_acc": 70.0}, history)
+    make_figure(2, [paper], str(tmp_path / "figure2_cifar"))
+    assert titles == ["resnet14 [digits] → resnet8 [digits]", "resnet14 [digits] (MLL training)",
+                      "resnet14 [digits] → resnet8 [digits] (MLL, KD; 1 run(s))", "resnet56 (MLL training)"]

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -43,7 +49,7 @@ def test_cli_help_and_workflow_targets_list_every_declaration(test_config: dict,
     assert "figure id: 1, 2, 4" in _help("figure", capsys)
     w = WorkflowConfig(copy.deepcopy(test_config), REPO)
     assert list(w.targets()) == [spec.target for spec in all_targets()]     # test.yaml configures all
-    assert w.targets()["table1x"] == [f"{w.results}/tables/table1x.{ext}" for ext in ("md", "tex", "csv")]
+    assert w.targets()["table1x"] == [f"{w.results}/tables/table1x.{ext}" for ext in ("md", "tex", "csv", "html")]
     assert w.targets()["figure4"] == [f"{w.results}/figures/figure4.{ext}" for ext in ("pdf", "png")]
 
 
@@ -86,8 +92,8 @@ def test_inputs_of_each_declaration_on_a_small_config(test_config: dict) -> None
     assert w.table_inputs(5) == [f"r/synthetic/as_written/dmu{d}.json" for d in ("1", "0.5")]
     assert w.table_inputs(6) == ["r/digits/teachers/resnet14/lambda_star.json",
                                  "r/digits/teachers/resnet8/lambda_star.json"]
-    assert w.table_inputs(7) == [measure("MCMI_lam0", 1), measure("MCMI_lam0.25", 1), student("MCMI_lam0", "full"),
-                                 student("MCMI_lam0.25", "full")]
+    assert w.table_inputs(7) == [measure("MLL", 1), measure("MCMI_lam0", 1), measure("MCMI_lam0.25", 1),
+                                 student("MLL", "full"), student("MCMI_lam0", "full"), student("MCMI_lam0.25", "full")]
     assert w.figure_inputs(1) == [measure("MLL", 1), student("MLL", "T1"), measure("MLL", 4), student("MLL", "T4")]
     assert w.figure_inputs(2) == ["r/digits/teachers/resnet14/MLL/metrics.json"]
     assert w.figure_inputs(4) == [student("MLL", "zs"), student("MCMI_lam0.1", "zs")]
@@ -149,3 +155,105 @@ def test_unknown_ids_are_refused_naming_the_known_ones(tmp_path: Path, capsys) -
         mcmi.report.make_figure(3, [], str(tmp_path / "f"))
     with pytest.raises(ValueError, match="no table 8"):
         make_table(8, [], str(PAPER_DIR), str(tmp_path / "t"))
+
+
+# ------------------------------------------------------------------------------ the Snakemake report
+class _Tables(HTMLParser):
+    """Collects the text of every <table>'s cells, <h1>/<h2> headings and <details> blocks of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.headings: list[str] = []
+        self._cell: list[str] | None = None
+        self._heading: list[str] | None = None
+        self.details = 0
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag in ("h1", "h2"):
+            self._heading = []
+        elif tag == "details":
+            self.details += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag in ("h1", "h2") and self._heading is not None:
+            self.headings.append("".join(self._heading).strip())
+            self._heading = None
+
+    def handle_data(self, data: str) -> None:
+        for part in (self._cell, self._heading):
+            if part is not None:
+                part.append(data)
+
+
+def _script_json(page: str, script_id: str, name: str):
+    """The JSON value a Snakemake report assigns in one of its <script> blocks
+    (<script id="results"> var results = {...}; </script>)."""
+    found = re.search(rf'<script id="{script_id}">\s*var {name} = (.*?);\n\s*</script>', page, re.S)
+    assert found, f"no 'var {name}' in the report"
+    return json.loads(found.group(1))
+
+
+def _data_uri_text(uri: str) -> str:
+    header, _, payload = uri.partition(",")
+    assert header.startswith("data:text/html") and header.endswith(";base64"), header
+    return base64.b64decode(payload).decode()
+
+
+@pytest.mark.slow
+def test_snakemake_report_after_a_single_table_run_shows_html_tables_with_captions(tmp_path: Path,
+                                                                                     test_config: dict) -> None:
+    """`snakemake table5 figure2` then `snakemake table5 figure2 --report report.html`: the report (one
+    self-contained HTML file, results embedded as base64 data URIs) holds the table as an HTML page with
+    <table>s and a caption from workflow/report/table.rst, the figure with its caption, and opens on the
+    run's description (workflow/report/workflow.rst) with the rule graph hidden."""
+    config = copy.deepcopy(test_config)
+    config["results"] = str(tmp_path / "results")
+    config["datasets"]["demo_imagenet"]["root"] = str(tmp_path / "results/data/demo_imagenet")
+    config["experiments"]["table5"]["synthetic"]["kernel"] = "torch"      # no C++ build in this test
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "table5", "figure2", "-s", str(REPO / "Snakefile"), "-d",
+               str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([*command, "--cores", "2"], capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = subprocess.run([*command, "--report", str(tmp_path / "report.html")], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "System Message" not in report.stderr and "WARNING/" not in report.stderr   # the rst renders cleanly
+
+    page = (tmp_path / "report.html").read_text()
+    results = _script_json(page, "results", "results")
+    table = next(entry for path, entry in results.items() if path.endswith("tables/table5.html"))
+    assert table["mime_type"] == "text/html"     # shown in the report as a page, not offered as a download
+    assert table["caption"].startswith("<p><strong>Table 5.</strong> Synthetic Gaussian task")
+    assert "paired" in table["caption"] and "config/paper/" in table["caption"]
+    parsed = _Tables()
+    parsed.feed(_data_uri_text(table["data_uri"]))
+    assert parsed.headings[0] == "Table 5"
+    assert parsed.headings[1] == "as_written [reduced scale], Δμ = 2"        # our sections first
+    assert parsed.details == 1                                              # the paper's, folded
+    first = parsed.tables[0]
+    assert first[0][0] == "Student target" and first[2][0] == "P* (ground truth)"
+    assert any(row[0] == "MCMI − MLL teacher" and row[1].startswith(("+", "-")) for row in first)
+    assert "paper" in first[1] and "Δ" in first[1]
+
+    figure = next(entry for path, entry in results.items() if path.endswith("figures/figure2.png"))
+    assert figure["mime_type"] == "image/png" and figure["caption"].startswith("<p><strong>Figure 2.</strong> Train CMI")
+
+    landing = _script_json(page, "workflow-desc", "workflow_desc")
+    assert "MCMI knowledge distillation: this run" in landing and "#rulegraph { display: none" in landing
+    text = re.sub(r"<[^>]+>", "", landing)
+    assert f"Results folder {config['results']};" in text
+    assert "Where the paper" in text and "table5: Δμ 2; presets as_written, authors_code." in text
+    assert "Tables: table5.html" in text and "Figures: figure2.png" in text          # what this report holds

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mcmi.report import build_table, make_table
-from mcmi.report.cells import GAIN, NO_PAPER, NOT_RUN, OK
+from mcmi.report.cells import GAIN, NO_PAPER, NOT_PAIRED, NOT_RUN, OK, Spread
 from mcmi.report.render import DASH
 from mcmi.report.tables.table5 import orderings as table5_orderings
 
@@ -78,7 +78,8 @@ def test_table1_cell_placement_and_aggregation(table1_paths: list[str]) -> None:
 
     gain = cell(df, block="student", teacher="resnet56", student="resnet20", method="KD", variant=GAIN)
     assert gain["paper"] == pytest.approx(70.84 - 70.66)
-    assert gain["ours_mean"] == pytest.approx(71.0 - 69.5)
+    assert gain["ours_mean"] == pytest.approx(70.0 - 69.5)     # paired: only seed 0 has both teachers
+    assert gain["ours_n"] == 1 and math.isnan(gain["ours_std"]) and math.isnan(gain["ours_ci_low"])
 
     baseline = cell(df, block="baseline", student="resnet20")
     assert baseline["paper"] == pytest.approx(69.06) and baseline["ours_mean"] == pytest.approx(68.0)
@@ -161,7 +162,9 @@ def test_table5_presets_are_separate_sections_beside_the_same_paper_cells(tmp_pa
     prefix = tmp_path / "table5"
     make_table(5, [written, authors], PAPER_DIR, str(prefix))
     md = Path(f"{prefix}.md").read_text()
-    assert md.index("## as_written, Δμ = 0.5") < md.index("## as_written, Δμ = 1") < md.index("## authors_code, Δμ = 0.5")
+    # sections we ran come first, in the paper's order; the paper's other sections follow under one heading
+    assert (md.index("## as_written, Δμ = 1") < md.index("## authors_code, Δμ = 1") < md.index("## Paper cells not run")
+            < md.index("### as_written, Δμ = 0.5") < md.index("### authors_code, Δμ = 0.5"))
     assert "authors_code, Δμ = 1: accuracy P* ≥ MCMI ≥ MLL ≥ one-hot holds" in md
 
 
@@ -182,6 +185,9 @@ def test_table5_reduced_scale_run_never_sits_beside_paper_numbers(tmp_path: Path
     section = md.split("## as_written [reduced scale], Δμ = 1")[1].split("##")[0]
     truth = next(line for line in section.splitlines() if line.startswith("| P* (ground truth) |"))
     assert f"61.00 ± 1.41 (2) | {DASH} |  |" in truth
+    # nothing of ours beside the paper: the summary adds the paper's own differences once
+    assert ("- **MCMI − MLL teacher** (Acc (%), the paper): no cell of ours has both sides; paper on all its cells: "
+            "better in 4 of 4, mean +0.39") in md
 
 
 def test_table6_lambda_star(tmp_path: Path) -> None:
@@ -286,3 +292,192 @@ def test_hsakd_rows_say_which_heads_were_used(tmp_path: Path) -> None:
     row = next(line for line in md.splitlines() if line.startswith("| HSAKD"))
     assert row.startswith("| HSAKD [heads: student reference, teacher reference] | 71.00 (1) |")
     assert "+1.00 (1)" in row   # the MCMI − MLL gain stays in the same row
+
+
+# ------------------------------------------------------------------ paired differences and the summary
+T_975 = {1: 12.706204736174707, 2: 4.302652729749464, 3: 3.182446305284263}   # scipy.stats.t.ppf(0.975, df)
+
+
+def test_paired_differences_with_t_intervals(tmp_path: Path) -> None:
+    """MCMI − MLL per seed: KD has seeds 0-2 on both sides; CRD seeds {0, 1, 2} against {1, 2, 3} pairs
+    seeds 1 and 2 only; DKD has one seed on each side (the difference, no interval)."""
+    runs = [student(tmp_path, f"kd_{v}_{seed}", acc, seed=seed, variant=v)
+            for v, accs in (("MLL", (70.0, 71.0, 69.0)), ("MCMI", (71.0, 71.5, 71.0)))
+            for seed, acc in enumerate(accs)]
+    runs += [student(tmp_path, f"crd_mll_{seed}", 60.0 + seed, seed=seed, method="CRD", variant="MLL")
+             for seed in (0, 1, 2)]
+    runs += [student(tmp_path, f"crd_mcmi_{seed}", 63.0 + 2 * seed, seed=seed, method="CRD") for seed in (1, 2, 3)]
+    runs += [student(tmp_path, "dkd_mll", 72.0, method="DKD", variant="MLL"), student(tmp_path, "dkd_mcmi", 72.5,
+                                                                                      method="DKD")]
+    df = build_table(1, runs, PAPER_DIR)
+
+    kd = cell(df, block="student", teacher="resnet56", method="KD", variant=GAIN)
+    differences = [1.0, 0.5, 2.0]
+    mean, std = 7 / 6, math.sqrt(sum((d - 7 / 6) ** 2 for d in differences) / 2)
+    half = T_975[2] * std / math.sqrt(3)
+    assert (kd["ours_mean"], kd["ours_std"], kd["ours_n"]) == (pytest.approx(mean), pytest.approx(std), 3)
+    assert (kd["ours_ci_low"], kd["ours_ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert kd["paper"] == pytest.approx(70.84 - 70.66) and kd["diff"] == pytest.approx(mean - 0.18)
+
+    crd = cell(df, block="student", teacher="resnet56", method="CRD", variant=GAIN)
+    assert crd["ours_n"] == 2 and crd["ours_mean"] == pytest.approx(((65 - 61) + (67 - 62)) / 2)   # seeds 1, 2
+    assert crd["ours_ci_high"] - crd["ours_ci_low"] == pytest.approx(2 * T_975[1] * math.sqrt(0.5) / math.sqrt(2))
+    dkd = cell(df, block="student", teacher="resnet56", method="DKD", variant=GAIN)
+    assert dkd["ours_n"] == 1 and dkd["ours_mean"] == pytest.approx(0.5)
+    assert math.isnan(dkd["ours_std"]) and math.isnan(dkd["ours_ci_low"]) and math.isnan(dkd["ours_ci_high"])
+
+    make_table(1, runs, PAPER_DIR, str(tmp_path / "table1"))
+    md = (tmp_path / "table1.md").read_text()
+    kd_row = next(line for line in md.splitlines() if line.startswith("| KD |"))
+    assert f"+1.17 ± {std:.2f} (3) [{mean - half:+.2f}, {mean + half:+.2f}] | +0.18 |" in kd_row
+    dkd_row = next(line for line in md.splitlines() if line.startswith("| DKD |"))
+    assert "| +0.50 (1) | +0.34 |" in dkd_row
+    csv = pd.read_csv(tmp_path / "table1.csv", keep_default_na=False, dtype=str)
+    kd_csv = csv[(csv["method"] == "KD") & (csv["variant"] == GAIN) & (csv["block"] == "student")
+                 & (csv["teacher"] == "resnet56") & (csv["student"] == "resnet20")].iloc[0]
+    assert float(kd_csv["ours_ci_low"]) == pytest.approx(mean - half) and kd_csv["ours_n"] == "3"
+    tex = (tmp_path / "table1.tex").read_text()
+    assert f"+1.17 $\\pm$ {std:.2f} (3) [{mean - half:+.2f}, {mean + half:+.2f}]" in tex
+
+    # the summary: all seven pairs pooled (same as a t-interval over the seven differences)
+    pooled = [*differences, 4.0, 5.0, 0.5]
+    p_mean = sum(pooled) / 6
+    p_std = math.sqrt(sum((d - p_mean) ** 2 for d in pooled) / 5)
+    from scipy import stats
+    p_half = stats.t.ppf(0.975, 5) * p_std / math.sqrt(6)
+    first = md.split("\n\n")[2].splitlines()[0]
+    assert first.startswith("- **MCMI − MLL** (Student Acc (%)): MCMI better in 3 of 3 cells of ours, mean paired "
+                            f"difference {p_mean:+.2f} (95 % CI {p_mean - p_half:+.2f} to {p_mean + p_half:+.2f}, "
+                            "n = 6 pairs); paper on the same cells: better in 3 of 3")
+
+
+def test_disjoint_seeds_give_no_difference(tmp_path: Path) -> None:
+    runs = [student(tmp_path, "mll", 70.0, seed=0, variant="MLL"), student(tmp_path, "mcmi", 71.0, seed=1)]
+    gain = cell(build_table(1, runs, PAPER_DIR), block="student", teacher="resnet56", method="KD", variant=GAIN)
+    assert gain["status"] == NOT_PAIRED and gain["ours_n"] == 0 and math.isnan(gain["ours_mean"])
+    make_table(1, runs, PAPER_DIR, str(tmp_path / "table1"))
+    assert "| no common seed | +0.18 |" in (tmp_path / "table1.md").read_text()
+
+
+def test_spread_pooled_equals_the_spread_of_all_values() -> None:
+    parts = [[1.0, 2.5, 0.5], [4.0], [-1.0, 3.0]]
+    pooled = Spread.pooled((Spread.of(p).mean, Spread.of(p).std, Spread.of(p).n) for p in parts)
+    direct = Spread.of([v for p in parts for v in p])
+    assert (pooled.mean, pooled.std, pooled.n, pooled.low, pooled.high) == pytest.approx(
+        (direct.mean, direct.std, direct.n, direct.low, direct.high))
+    assert Spread.of([2.0]).n == 1 and math.isnan(Spread.of([2.0]).low)
+
+
+# ------------------------------------------------------------------------------- sections and signature
+def _demo_pair(tmp_path: Path, mcmi_cmi: float, mcmi_ll: float) -> list[str]:
+    """The demo's digits pair: both teachers measured, KD students of seeds 0 and 1 with each teacher."""
+    digits = {"dataset": "digits", "teacher": "resnet14"}
+    runs = [measure(tmp_path, "t_mll", 91.0, 0.20, -0.21, **digits),
+            measure(tmp_path, "t_mcmi", 90.0, mcmi_cmi, mcmi_ll, variant="MCMI", **digits)]
+    runs += [student(tmp_path, f"kd_{v}_{seed}", 80.0 + seed + (v == "MCMI"), seed=seed, variant=v, student="resnet8",
+                     **digits) for v in ("MLL", "MCMI") for seed in (0, 1)]
+    return runs
+
+
+def test_sections_with_our_cells_come_first(tmp_path: Path) -> None:
+    make_table(1, _demo_pair(tmp_path, 0.25, -0.30), PAPER_DIR, str(tmp_path / "table1"))
+    md = (tmp_path / "table1.md").read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## resnet14 [digits] → resnet8 [digits] (ours only)"
+    assert sections[1] == "## Paper cells not run (12 sections)" and len(sections) == 2
+    assert md.index("### resnet56 → resnet20 (same-arch)") > md.index("## Paper cells not run")
+    assert md.index("- **MCMI − MLL**") < md.index("- **ours** =") < md.index("## resnet14 [digits]")
+    html = (tmp_path / "table1.html").read_text()
+    assert html.index("<h2>resnet14 [digits] → resnet8 [digits] (ours only)</h2>") < html.index("<details>")
+
+
+def test_signature_note_when_the_mcmi_teacher_has_a_lower_cmi(tmp_path: Path) -> None:
+    low = tmp_path / "low"
+    low.mkdir()
+    make_table(1, _demo_pair(low, 0.16, -0.14), PAPER_DIR, str(low / "table1"))
+    md = (low / "table1.md").read_text()
+    section = md.split("## resnet14 [digits] → resnet8 [digits] (ours only)")[1].split("\n## ")[0]
+    assert ("**Note: the paper's signature does not hold here**: CMI 0.1600 vs 0.2000, LL -0.1400 vs -0.2100 "
+            "(MCMI vs MLL teacher); its CMI is not above the MLL teacher's") in section
+    assert "Its LL is above the MLL teacher's: the fine-tuning went on fitting the training set" in section
+    assert "holds for 0 of 1 teacher of ours; **not for resnet14 [digits]**" in md.split("\n\n")[2]
+    df = build_table(1, _demo_pair(low, 0.16, -0.14), PAPER_DIR)
+    assert cell(df, block="teacher", teacher="resnet14 [digits]", variant="MCMI", metric="teacher_cmi")[
+        "signature"] == "not above MLL"
+    assert cell(df, block="teacher", teacher="resnet14 [digits]", variant="MCMI", metric="teacher_ll")[
+        "signature"] == "not below MLL"
+    teacher_gain = cell(df, block="teacher", teacher="resnet14 [digits]", variant=GAIN, metric="teacher_cmi")
+    assert teacher_gain["ours_mean"] == pytest.approx(-0.04) and teacher_gain["ours_n"] == 1
+
+    high = tmp_path / "high"
+    high.mkdir()
+    make_table(1, _demo_pair(high, 0.25, -0.30), PAPER_DIR, str(high / "table1"))
+    md = (high / "table1.md").read_text()
+    assert "Note: the paper's signature" not in md
+    assert ("Signature (the MCMI teacher's training CMI above the MLL teacher's, its LL below): holds in our runs: "
+            "CMI 0.2500 vs 0.2000, LL -0.3000 vs -0.2100") in md
+    assert "holds for 1 of 1 teacher of ours." in md
+
+
+def test_table4_compares_early_stopped_and_mcmi_teachers_with_the_mll_one(tmp_path: Path) -> None:
+    imagenet = {"dataset": "imagenet", "teacher": "resnet34"}
+    runs = [measure(tmp_path, f"t_{v}", acc, cmi, ll, variant=v, **imagenet)
+            for v, acc, cmi, ll in (("MLL", 73.0, 0.70, -0.56), ("ES", 68.0, 0.99, -0.92), ("MCMI", 71.0, 0.86, -0.62))]
+    runs += [student(tmp_path, f"s_{v}_{seed}", acc + seed, seed=seed, variant=v, student="resnet18", **imagenet)
+             for v, acc in (("MLL", 71.0), ("ES", 71.5), ("MCMI", 71.25)) for seed in (0, 1)]
+    df = build_table(4, runs, PAPER_DIR)
+    es = cell(df, teacher="resnet34", variant="ES − MLL", metric="student_acc")
+    assert es["ours_mean"] == pytest.approx(0.5) and es["ours_n"] == 2 and es["paper"] == pytest.approx(71.25 - 71.03)
+    assert cell(df, teacher="resnet34", variant=GAIN, metric="teacher_cmi")["ours_mean"] == pytest.approx(0.16)
+    make_table(4, runs, PAPER_DIR, str(tmp_path / "table4"))
+    summary = (tmp_path / "table4.md").read_text().split("\n\n")[2]
+    assert summary.startswith("- **ES − MLL** (Student Acc (%)): ES better in 1 of 1 cell of ours")
+    assert "- **MCMI − MLL** (Student Acc (%)): MCMI better in 1 of 1 cell of ours" in summary
+    assert "holds for 1 of 1 teacher of ours." in summary
+
+
+def test_table7_lambda_zero_control_is_a_row_of_its_own(tmp_path: Path) -> None:
+    """The MLL teacher, the λ = 0 control and the λ rows; 'λ = 0 − MLL' (fine-tuning alone) and
+    'λ − λ = 0' (the CMI term) as paired differences; the MLL row's paper numbers are Table 1's."""
+    runs = [measure(tmp_path, "mll", 72.0, 0.16, -0.10)]
+    runs += [student(tmp_path, f"kd_mll_{seed}", 70.0 + seed, seed=seed, variant="MLL") for seed in (0, 1)]
+    for lam, cmi, ll, acc in ((0, 0.15, -0.09, 70.5), (0.1, 0.30, -0.20, 71.0)):
+        runs.append(measure(tmp_path, f"m{lam}", 71.5, cmi, ll, variant="MCMI", lam=lam))
+        runs += [student(tmp_path, f"kd{lam}_{seed}", acc + seed * (1 + lam * 10), seed=seed, lam=lam)
+                 for seed in (0, 1)]
+    df = build_table(7, runs, PAPER_DIR)
+    mll = cell(df, variant="MLL", metric="student_acc")
+    assert mll["paper"] == pytest.approx(70.66) and mll["ours_mean"] == pytest.approx(70.5) and mll["lam"] == ""
+    assert cell(df, variant="MLL", metric="teacher_cmi")["paper"] == pytest.approx(0.1583)
+    control = cell(df, variant="MCMI_lam0", metric="student_acc")
+    assert control["paper"] == pytest.approx(70.62) and control["lam"] == "0"
+    tuning = cell(df, variant="λ = 0 − MLL (fine-tuning alone)", metric="student_acc")
+    assert tuning["ours_mean"] == pytest.approx(0.5) and tuning["ours_n"] == 2
+    assert tuning["paper"] == pytest.approx(70.62 - 70.66)
+    term = cell(df, variant="λ = 0.1 − λ = 0", metric="student_acc")
+    assert term["ours_mean"] == pytest.approx((0.5 + 1.5) / 2) and term["ours_std"] == pytest.approx(math.sqrt(0.5))
+    assert term["paper"] == pytest.approx(70.81 - 70.62)
+    assert cell(df, variant="λ = 0.1 − λ = 0", metric="teacher_cmi")["ours_mean"] == pytest.approx(0.15)
+    assert cell(df, variant="MCMI_lam0.1", metric="teacher_cmi")["signature"] == "above MCMI_lam0"
+
+    make_table(7, runs, PAPER_DIR, str(tmp_path / "table7"))
+    md = (tmp_path / "table7.md").read_text()
+    rows = [line.split(" | ")[0][2:] for line in md.split("## resnet56 → resnet20, KD")[1].splitlines()
+            if line.startswith("| ") and not line.startswith("| Teacher")]
+    assert rows[:3] == ["MLL teacher (not fine-tuned)", "λ = 0: control (fine-tuned without the CMI term)", "λ = 0.005"]
+    assert rows.index("λ = 0.1") < rows.index("λ = 0 − MLL (fine-tuning alone)") < rows.index("λ = 0.1 − λ = 0")
+    summary = md.split("\n\n")[2]
+    assert summary.startswith("- **λ = 0 − MLL (fine-tuning alone)** (Student Acc (%)): λ = 0 control better in 1 of 1")
+    assert "- **λ = 0.1 − λ = 0** (Student Acc (%)): λ = 0.1 better in 1 of 1 cell of ours" in summary
+    assert "**The CMI term's signature** (resnet56: training CMI above the λ = 0 control's, LL below): holds for λ = 0.1." in summary
+
+
+def test_table5_summary_per_preset_pairs_students_by_seed(tmp_path: Path) -> None:
+    path = synthetic(tmp_path, 1, GOOD_ACC, GOOD_PDIST)
+    df = build_table(5, [path], PAPER_DIR)
+    gain = cell(df, preset="as_written", delta_mu="1", target="MCMI − MLL teacher", metric="acc")
+    assert gain["ours_mean"] == pytest.approx(1.0) and gain["ours_n"] == 2 and gain["paper"] == pytest.approx(69.32 - 68.88)
+    make_table(5, [path], PAPER_DIR, str(tmp_path / "table5"))
+    summary = (tmp_path / "table5.md").read_text().split("\n\n")[2]
+    assert summary.startswith("- **MCMI − MLL teacher** (Acc (%), as_written): MCMI teacher better in 1 of 1 cell")
+    assert "- **MCMI − MLL teacher** (Pdist, as_written): MCMI teacher better in 1 of 1 cell" in summary   # lower

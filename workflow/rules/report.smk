@@ -1,6 +1,15 @@
 # Stage: aggregation. Tables 1-7 and Figures 1, 2 (and 4, zero-shot confusion matrices) from the
 # metrics files, each beside the paper's published numbers; table1x (beyond the paper: MIMKD and
 # ITRD) beside their own papers' numbers. Named targets: table1 ... table7, table1x, figure1 ... figure4.
+#
+# The Snakemake report (snakemake table3 --report report.html, after the run; name the targets that
+# ran, several if you like) opens on workflow/report/workflow.rst, a description of the run, and shows
+# each table as its HTML page and each figure, with a caption from workflow/report/*.rst.
+
+from mcmi.report import FIGURES, TABLES  # noqa: E402
+
+
+report: "../report/workflow.rst"
 
 
 rule table:
@@ -8,13 +17,23 @@ rule table:
         metrics=lambda wc: W.table_inputs(wc.n),
         plan=PLAN_CONFIG,
     output:
-        md=report(P("table", ext="md"), category="Tables"),
+        md=P("table", ext="md"),
         tex=P("table", ext="tex"),
         csv=P("table", ext="csv"),
+        html=report(
+            P("table", ext="html"),
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "Table {n}", "format": "HTML page (also .md, .tex, .csv)"},
+        ),
     params:
         paper=W.paper_dir,
         prefix=lambda wc, output: os.path.splitext(output.md)[0],
         plan=canonical_json(W.config),
+        # read by the report's caption (workflow/report/table.rst), not by the command
+        title=lambda wc: TABLES[wc.n].title,
+        caption=lambda wc: TABLES[wc.n].caption,
+        cites=lambda wc: TABLES[wc.n].cites,
     log:
         P("log_table"),
     conda:
@@ -32,10 +51,17 @@ rule figure:
         plan=PLAN_CONFIG,
     output:
         pdf=P("figure", ext="pdf"),
-        png=report(P("figure", ext="png"), category="Figures"),
+        png=report(
+            P("figure", ext="png"),
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "Figure {n}", "format": "PNG (also .pdf)"},
+        ),
     params:
         prefix=lambda wc, output: os.path.splitext(output.pdf)[0],
         plan=canonical_json(W.config),
+        # read by the report's caption (workflow/report/figure.rst), not by the command
+        caption=lambda wc: FIGURES[int(wc.n)].caption,
     log:
         P("log_figure"),
     conda:

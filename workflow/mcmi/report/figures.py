@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mcmi.provenance import write_file_atomic
-from mcmi.report.records import MetricsRecord, load_metrics, of_stage
+from mcmi.report.records import MetricsRecord, load_metrics, of_stage, tag_foreign_dataset
 from mcmi.report.spec import ConfigView, Experiment, FigureSpec, Registry
 from mcmi.pipeline.naming import grid_variant, split_pair, temperature_setting
 
@@ -251,14 +251,19 @@ def _draw_confusion(records: list[MetricsRecord], out_prefix: str) -> None:
 # --------------------------------------------------------------------------------------- the registry
 FIGURES: Registry[FigureSpec] = Registry("figure", [
     FigureSpec(1, "Teacher CMI vs KD student accuracy over the temperature T.",
-               inputs=_temperature_inputs, draw=_draw_temperature),
+               inputs=_temperature_inputs, draw=_draw_temperature, paper_dataset="cifar100"),
     FigureSpec(2, "Train CMI and LL per epoch of MLL teacher training, with the lr decays.",
-               inputs=_training_inputs, draw=_draw_training_curves),
+               inputs=_training_inputs, draw=_draw_training_curves, paper_dataset="cifar100"),
     FigureSpec(4, "Row-normalised confusion matrices of zero-shot students (classes removed from training).",
-               inputs=_zero_shot_inputs, draw=_draw_confusion),
+               inputs=_zero_shot_inputs, draw=_draw_confusion, paper_dataset="cifar10"),
 ], normalise=int)
 
 
 def make_figure(n: int, metrics_paths: list[str | Path], out_prefix: str | Path) -> None:
-    """Write Figure ``n`` (an id of ``FIGURES``) as ``{prefix}.pdf`` and ``{prefix}.png``."""
-    FIGURES[n].draw(load_metrics(metrics_paths), str(out_prefix))
+    """Write Figure ``n`` (an id of ``FIGURES``) as ``{prefix}.pdf`` and ``{prefix}.png``; model names of runs
+    on another dataset than the paper's carry the dataset, as in the tables ('resnet14 [digits]')."""
+    spec = FIGURES[n]
+    records = load_metrics(metrics_paths)
+    if spec.paper_dataset:
+        records = [tag_foreign_dataset(r, spec.paper_dataset) for r in records]
+    spec.draw(records, str(out_prefix))

@@ -80,18 +80,21 @@ class TableSpec:
 
     def outputs(self, results: str) -> list[str]:
         from mcmi.pipeline.paths import Paths
+        from mcmi.report.render import TABLE_EXTENSIONS
 
-        return [Paths(results).path("table", n=self.id, ext=ext) for ext in ("md", "tex", "csv")]
+        return [Paths(results).path("table", n=self.id, ext=ext) for ext in TABLE_EXTENSIONS]
 
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """One figure: its number, caption, inputs and ``draw(records, out_prefix)`` (writes .pdf and .png)."""
+    """One figure: its number, caption, inputs and ``draw(records, out_prefix)`` (writes .pdf and .png).
+    Runs on another dataset than ``paper_dataset`` are drawn with the tables' tag ('resnet14 [digits]')."""
 
     id: int
     caption: str
     inputs: ListInputs
     draw: Callable[[list[MetricsRecord], str], None]
+    paper_dataset: str | None = None
 
     @property
     def target(self) -> str:

@@ -27,10 +27,11 @@ def teacher_observations(records: list[MetricsRecord], metrics: dict[str, str],
 
 
 def kd_student_observations(records: list[MetricsRecord], extra: dict[str, str]) -> list[dict[str, Any]]:
-    """Observations of KD students' test accuracy (full training set); ``extra`` maps output keys to run keys."""
+    """Observations of KD students' test accuracy (full training set), with their seeds; ``extra`` maps
+    output keys to run keys."""
     return [
         {"teacher": rec.need("run", "teacher"), "student": rec.need("run", "student"),
-         **{out: rec.need("run", key) for out, key in extra.items()},
+         **{out: rec.need("run", key) for out, key in extra.items()}, "seed": rec.run.get("seed"),
          "metric": "student_acc", "value": float(rec.need("final", "test_acc"))}
         for rec in of_stage(records, "student")
         if rec.run.get("method") == "KD" and rec.run.get("alpha_percent") in (None, 100)

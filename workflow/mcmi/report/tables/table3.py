@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mcmi.report.cells import GAIN, aggregate, as_float, combine, read_paper, with_gain
+from mcmi.report.cells import GAIN, MCMI_VS_MLL, aggregate, as_float, combine, read_paper, with_gain
 from mcmi.report.records import MetricsRecord, of_stage
-from mcmi.report.render import Layout, numeric_order, pair_label
+from mcmi.report.render import Layout, numeric_order, pair_label, summary_lines
 from mcmi.report.spec import ConfigView, Experiment, TableSpec
 from mcmi.report.tables.common import SINGLE_PAIR
 from mcmi.pipeline.naming import few_shot_setting, split_pair
@@ -27,11 +27,12 @@ def _build(records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
     observations = [
         {"teacher": rec.need("run", "teacher"), "student": rec.need("run", "student"),
          "method": rec.need("run", "method"), "alpha_percent": rec.run["alpha_percent"],
-         "variant": rec.need("run", "variant"), "metric": "student_acc", "value": float(rec.need("final", "test_acc"))}
+         "variant": rec.need("run", "variant"), "seed": rec.run.get("seed"), "metric": "student_acc",
+         "value": float(rec.need("final", "test_acc"))}
         for rec in of_stage(records, "student") if rec.run.get("alpha_percent") not in (None, 100)
     ]
     df = combine(paper[[*KEYS, "paper"]], aggregate(observations, KEYS), KEYS)
-    return with_gain(df, ["teacher", "student", "method", "alpha_percent", "metric"])
+    return with_gain(df, observations, KEYS)
 
 
 def _layout(df: pd.DataFrame) -> Layout:
@@ -39,7 +40,8 @@ def _layout(df: pd.DataFrame) -> Layout:
     frame = frame.assign(_section=[f"{pair_label(t, s)}, {m}" for t, s, m in
                                    zip(frame["teacher"], frame["student"], frame["method"])],
                          _row=frame["alpha_percent"] + " %", _col=frame["variant"])
-    return Layout(frame, "α (% of each class)", ["MLL", "MCMI", GAIN])
+    return Layout(frame, "α (% of each class)", ["MLL", "MCMI", GAIN],
+                  summary=summary_lines(df, [(MCMI_VS_MLL, "student_acc")]))
 
 
 TABLE = TableSpec(

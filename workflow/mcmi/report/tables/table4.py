@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mcmi.report.cells import aggregate, as_float, combine, read_paper
+from mcmi.report.cells import (MCMI_VS_MLL, Comparison, aggregate, as_float, combine, read_paper, signatures,
+                               with_paired, with_signature)
 from mcmi.report.records import MetricsRecord
-from mcmi.report.render import METRIC_LABELS, Layout, pair_label
+from mcmi.report.render import (METRIC_LABELS, Layout, pair_label, signature_line, signature_summary,
+                                 summary_lines)
 from mcmi.report.spec import ConfigView, Experiment, TableSpec
 from mcmi.report.tables.common import TEACHER_METRICS, kd_student_observations, teacher_observations
 from mcmi.pipeline.config import ConfigError
 from mcmi.pipeline.naming import MCMI, MLL, early_stop_variant, split_pair
 
 KEYS = ["teacher", "student", "variant", "metric"]
+# The early-stopped and the MCMI teacher, each against the MLL teacher (students paired by seed).
+COMPARISONS = (Comparison("variant", "ES", MLL, "ES − MLL"), MCMI_VS_MLL)
 
 
 def _inputs(w: ConfigView, exp: Experiment) -> list[str]:
@@ -38,7 +42,10 @@ def _build(records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
     paper = paper.drop_duplicates(KEYS)
     observations = teacher_observations(records, TEACHER_METRICS, {"variant": "variant"})
     observations += kd_student_observations(records, {"variant": "variant"})
-    return combine(paper, aggregate(observations, KEYS), KEYS)
+    df = combine(paper, aggregate(observations, KEYS), KEYS)
+    for comparison in COMPARISONS:
+        df = with_signature(with_paired(df, observations, KEYS, comparison), comparison)
+    return df
 
 
 def _layout(df: pd.DataFrame) -> Layout:
@@ -46,9 +53,20 @@ def _layout(df: pd.DataFrame) -> Layout:
     frame = df.assign(_section=[pair_label(t, pairs.get(t, "")) for t in df["teacher"]], _row=df["variant"],
                       _col=df["metric"].map(METRIC_LABELS).where(df["metric"] != "student_acc",
                                                                  "KD Student Acc (%)"))
-    frame = frame.sort_values("variant", key=lambda v: v.map({"MLL": 0, "ES": 1, "MCMI": 2}), kind="stable")
+    order = {"MLL": 0, "ES": 1, "MCMI": 2, **{c.label: 3 + i for i, c in enumerate(COMPARISONS)}}
+    frame = frame.sort_values("variant", key=lambda v: v.map(order), kind="stable")
     cols = ["Teacher Acc (%)", "Teacher CMI (nats)", "Teacher LL (nats)", "KD Student Acc (%)"]
-    return Layout(frame, "Teacher", cols)
+    intro: dict[str, list[str]] = {}
+    sigs = []
+    for comparison in COMPARISONS:
+        for sig in signatures(df, comparison):
+            sigs.append(sig)
+            line = signature_line(sig)
+            if line:
+                intro.setdefault(pair_label(sig.teacher, pairs.get(sig.teacher, "")), []).append(line)
+    summary = summary_lines(df, [(c, "student_acc") for c in COMPARISONS])
+    summary += [line for c in COMPARISONS for line in signature_summary([s for s in sigs if s.comparison == c])]
+    return Layout(frame, "Teacher", cols, summary=summary, intro=intro)
 
 
 TABLE = TableSpec(

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import pandas as pd
 
-from mcmi.report.cells import aggregate, as_float, combine, key_text, read_paper
+from mcmi.report.cells import Comparison, aggregate, as_float, combine, key_text, read_paper, with_paired
 from mcmi.report.records import MetricsRecord, of_stage
-from mcmi.report.render import METRIC_LABELS, Layout, numeric_order
+from mcmi.report.render import METRIC_LABELS, Layout, numeric_order, summary_lines
 from mcmi.report.spec import ConfigView, Experiment, TableSpec
 
 KEYS = ["preset", "delta_mu", "target", "metric"]
 ORDER = ["GroundTruth", "MCMI_KD", "MLL_KD", "OneHot"]      # the paper's accuracy ordering, best first
 REDUCED = "reduced scale"
+# Students of the MCMI teacher against students of the MLL teacher of the same seed: higher accuracy and
+# lower Pdist favour the MCMI teacher (same difference rows, two readings).
+TEACHERS = Comparison("target", "MCMI_KD", "MLL_KD", "MCMI − MLL teacher", names=("MCMI teacher", "MLL teacher"))
+TEACHERS_PDIST = dataclasses.replace(TEACHERS, higher_is_better=False)
 TARGET_LABELS = {"GroundTruth": "P* (ground truth)", "MCMI_KD": "MCMI teacher", "MLL_KD": "MLL teacher",
-                 "OneHot": "one-hot"}
+                 "OneHot": "one-hot", TEACHERS.label: TEACHERS.label}
 
 
 def preset_label(run: dict[str, Any]) -> str:
@@ -54,8 +59,8 @@ def _build(records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
                 if math.isnan(value):
                     raise ValueError(f"{rec.path}: final.records[{i}].{key} is NaN")
                 observations.append({"preset": preset, "delta_mu": delta_mu, "target": entry["target"],
-                                     "metric": metric, "value": value})
-    df = combine(paper, aggregate(observations, KEYS), KEYS)
+                                     "seed": entry.get("seed"), "metric": metric, "value": value})
+    df = with_paired(combine(paper, aggregate(observations, KEYS), KEYS), observations, KEYS, TEACHERS)
     df["pdist_norm"] = [norms.get((p, d), "") for p, d in zip(df["preset"], df["delta_mu"])]
     return df
 
@@ -113,7 +118,13 @@ def _layout(df: pd.DataFrame) -> Layout:
               "Sections: one per preset (mcmi.synthetic.PRESETS) and Δμ; the paper's cells are listed beside "
               f"each preset. A run at another scale than the paper's is tagged '[{REDUCED}]' and never matched."]
     cols = [METRIC_LABELS[m] for m in ("acc", "pdist", "pdist_mean")]
-    return Layout(frame, "Student target", cols, notes=_ordering_lines(df), header_lines=header)
+    ran = [p for p in presets if (df.loc[df["preset"] == p, "ours_n"] > 0).any()]
+    items = [(TEACHERS, "acc"), (TEACHERS_PDIST, "pdist")]
+    summary = [line for p in ran for line in summary_lines(df[df["preset"] == p], items, context=p)]
+    if all(REDUCED in p for p in ran):     # none beside the paper: its own differences, once (same in every preset)
+        summary += summary_lines(df[df["preset"] == next(p for p in presets if REDUCED not in p)], items,
+                                 context="the paper")
+    return Layout(frame, "Student target", cols, notes=_ordering_lines(df), header_lines=header, summary=summary)
 
 
 TABLE = TableSpec(

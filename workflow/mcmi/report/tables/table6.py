@@ -58,7 +58,14 @@ def _layout(df: pd.DataFrame) -> Layout:
         scores.assign(_section="Selection score per λ (ours only): " + scores["metric"].str.removeprefix("score: "),
                       _row=scores["teacher"] + " (" + scores["dataset"] + ")", _col="λ = " + scores["lam"]),
     ], ignore_index=True)
-    return Layout(frame, "Teacher", list(dict.fromkeys(star["dataset"])))
+    ours = star[star["ours_n"] > 0]
+    summary = []
+    if len(ours):
+        picked = [f"{t} ({d}) {m:g}" + (f" vs {p:g}" if pd.notna(p) else " (no paper value)")
+                  for t, d, m, p in zip(ours["teacher"], ours["dataset"], ours["ours_mean"], ours["paper"])]
+        summary.append(f"**λ*** selected (ours vs paper): {'; '.join(picked)}. This table compares no teachers; "
+                       "the λ* teacher is the MCMI teacher of Tables 1-4.")
+    return Layout(frame, "Teacher", list(dict.fromkeys(star["dataset"])), summary=summary)
 
 
 TABLE = TableSpec(

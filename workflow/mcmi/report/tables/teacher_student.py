@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mcmi.report.cells import GAIN, aggregate, combine, with_gain
+from mcmi.report.cells import GAIN, MCMI_VS_MLL, aggregate, combine, signatures, with_gain, with_signature
 from mcmi.report.records import MetricsRecord, of_stage
-from mcmi.report.render import METRIC_LABELS, Layout, pair_label
+from mcmi.report.render import (METRIC_LABELS, Layout, pair_label, signature_line, signature_summary,
+                                 summary_lines)
 from mcmi.report.spec import ConfigView, Experiment
 from mcmi.pipeline.naming import split_pair
 
@@ -25,7 +26,8 @@ class MetricMap:
     with_baseline: bool
 
 
-def _ours(records: list[MetricsRecord], metrics: MetricMap) -> pd.DataFrame:
+def _observations(records: list[MetricsRecord], metrics: MetricMap) -> list[dict]:
+    """One observation per run and metric, with the run's seed (teacher measurements have none)."""
     observations = []
     for rec in of_stage(records, "student"):
         if rec.run.get("alpha_percent") not in (None, 100):
@@ -36,7 +38,7 @@ def _ours(records: list[MetricsRecord], metrics: MetricMap) -> pd.DataFrame:
             continue
         cell = {"block": "baseline" if vanilla else "student", "student": rec.need("run", "student"),
                 "method": method, "teacher": "" if vanilla else rec.need("run", "teacher"),
-                "variant": "" if vanilla else rec.need("run", "variant")}
+                "variant": "" if vanilla else rec.need("run", "variant"), "seed": rec.run.get("seed")}
         observations += [{**cell, "metric": metric, "value": float(rec.need("final", key))}
                          for key, metric in metrics.student_metrics.items()]
     for rec in of_stage(records, "measure"):
@@ -46,13 +48,15 @@ def _ours(records: list[MetricsRecord], metrics: MetricMap) -> pd.DataFrame:
                 "variant": rec.need("run", "variant")}
         observations += [{**cell, "metric": metric, "value": float(rec.need("final", key))}
                          for key, metric in metrics.teacher_metrics.items()]
-    return aggregate(observations, KEYS)
+    return observations
 
 
 def teacher_student_table(paper: pd.DataFrame, records: list[MetricsRecord], metrics: MetricMap) -> pd.DataFrame:
-    """Paper and our cells of a teacher/student table, with MCMI − MLL rows per student cell."""
-    df = combine(paper, _ours(records, metrics), KEYS)
-    return with_gain(df, ["block", "teacher", "student", "method", "metric"])
+    """Paper and our cells of a teacher/student table, with MCMI − MLL rows per student cell (paired by
+    seed) and per teacher metric (the two measured teachers), and the paper's signature checked."""
+    observations = _observations(records, metrics)
+    df = with_gain(combine(paper, aggregate(observations, KEYS), KEYS), observations, KEYS)
+    return with_signature(df)
 
 
 def teacher_student_inputs(w: ConfigView, exp: Experiment, with_baseline: bool) -> list[str]:
@@ -96,5 +100,14 @@ def teacher_student_layout(df: pd.DataFrame, sections: bool) -> Layout:
         parts[-3:] = [p.assign(_section=title) for p in parts[-3:]]
     frame = pd.concat(parts, ignore_index=True)
     frame["_col"] = frame["variant"]
+    # A section is ours when one of its students is; teacher and baseline rows, repeated in every section
+    # of their teacher or student, decide only for a section without students.
+    with_students = set(frame.loc[frame["block"] == "student", "_section"])
+    frame["_anchor"] = (frame["block"] == "student") | ~frame["_section"].isin(with_students)
     header = ["Row 'Student, no teacher' is the teacher-free student baseline (shown under MLL)."]
-    return Layout(frame, "Method / metric", ["MLL", "MCMI", GAIN], header_lines=header)
+    sigs = {sig.teacher: sig for sig in signatures(df)}
+    intro = {title: [line] for title, teacher in zip(frame["_section"], frame["teacher"])
+             if teacher in sigs and (line := signature_line(sigs[teacher]))}
+    metrics = dict.fromkeys(df.loc[df["block"] == "student", "metric"])
+    summary = summary_lines(df, [(MCMI_VS_MLL, metric) for metric in metrics]) + signature_summary(list(sigs.values()))
+    return Layout(frame, "Method / metric", ["MLL", "MCMI", GAIN], header_lines=header, summary=summary, intro=intro)
