@@ -4,6 +4,7 @@ parameter counts, heads kinds in files and metrics, and one step with reference 
 from __future__ import annotations
 
 import os
+import time
 import stat
 
 import pytest
@@ -211,8 +212,9 @@ def test_heads_file_is_written_by_the_projects_atomic_writer(tmp_path) -> None:
     """Usual permissions (not mkstemp's 0600) and a killed earlier write's temporary removed."""
     shapes = probe_shapes(create_model("resnet20", C), (3, 32, 32))
     path = tmp_path / "heads.pt"
-    stale = tmp_path / ".heads.pt.k1ll3d.tmp"
+    stale = tmp_path / ".heads.pt.k1ll3d.tmp"           # an ownerless temporary, two hours old: stale
     stale.write_bytes(b"half a file")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     old_umask = os.umask(0o022)
     try:
         save_teacher_heads(HSAKDTeacherHeads(shapes, C, "resnet20").heads, path)

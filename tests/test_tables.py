@@ -30,14 +30,14 @@ def student(directory: Path, name: str, acc: float, seed: int = 0, **run: Any) -
     """A fake KD student run on resnet56 -> resnet20 unless overridden."""
     base = {"stage": "student", "dataset": "cifar100", "teacher": "resnet56", "student": "resnet20",
             "method": "KD", "variant": "MCMI", "seed": seed, "temperature": 4}
-    return write_metrics(directory, name, {**base, **run}, {"test_acc": acc, "test_top5": acc + 20})
+    return write_metrics(directory, name, {**base, **run}, {"test_acc": acc, "test_top5": min(acc + 20, 100.0)})
 
 
 def measure(directory: Path, name: str, acc: float, cmi: float, ll: float, **run: Any) -> str:
     """A fake teacher measurement at T = 1."""
     base = {"stage": "measure", "dataset": "cifar100", "teacher": "resnet56", "variant": "MLL", "temperature": 1}
     return write_metrics(directory, name, {**base, **run},
-                         {"test_acc": acc, "train_cmi": cmi, "train_ll": ll, "test_top5": acc + 15})
+                         {"test_acc": acc, "train_cmi": cmi, "train_ll": ll, "test_top5": min(acc + 15, 100.0)})
 
 
 def cell(df: pd.DataFrame, **keys: Any) -> pd.Series:

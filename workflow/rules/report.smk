@@ -12,6 +12,18 @@ from mcmi.report import FIGURES, TABLES  # noqa: E402
 report: "../report/workflow.rst"
 
 
+# The config the results folder is planned with (see PLAN_CONFIG in common.smk): written here the first
+# time, rewritten while the Snakefile is read whenever the config changes.
+rule plan_config:
+    output:
+        PLAN_CONFIG,
+    log:
+        P("log_plan_config"),
+    localrule: True
+    run:
+        Path(log[0]).write_text(f"planned config written to {W.record_plan_config(create=True)}\n")
+
+
 rule table:
     input:
         metrics=lambda wc: W.table_inputs(wc.n),

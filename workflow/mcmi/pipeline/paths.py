@@ -34,6 +34,7 @@ TEMPLATES: dict[str, str] = {
     "figure": "figures/figure{n}.{ext}",
     # logs, one per job
     "log_data": "logs/data/{dataset}.log",
+    "log_plan_config": "logs/plan_config.log",
     "log_teacher": "logs/{dataset}/teachers/{teacher}/{variant}.log",
     "log_hsakd_heads": "logs/{dataset}/teachers/{teacher}/{variant}-hsakd_heads.log",
     "log_lambda_star": "logs/{dataset}/teachers/{teacher}/lambda_star.log",

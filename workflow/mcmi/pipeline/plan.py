@@ -472,11 +472,12 @@ class WorkflowConfig:
         figure depends on it, so a config change re-checks them even without Snakemake's metadata)."""
         return self.paths.path("plan_config")
 
-    def record_plan_config(self) -> str:
-        """Write :meth:`plan_config_file` when its content differs from this config (so its time
-        stamp changes only with the config); returns its path."""
+    def record_plan_config(self, create: bool = False) -> str:
+        """Rewrite :meth:`plan_config_file` when its content differs from this config, so its time stamp
+        changes only with the config; a missing file is written only with ``create`` (the workflow's
+        ``plan_config`` job: reading a config never creates the results folder). Returns its path."""
         path, text = Path(self.plan_config_file()), canonical_json(self.config) + "\n"
-        if not path.is_file() or path.read_text() != text:
+        if (create or path.is_file()) and (not path.is_file() or path.read_text() != text):
             write_text_atomic(path, text)
         return str(path)
 
