@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mcmi.report.figures
+import mcmi.report.figures.common
 from mcmi.report.figures import lr_decay_epochs, make_figure, row_normalise
 
 
@@ -81,13 +81,13 @@ def test_confusion_figure(tmp_path: Path) -> None:
 def test_figure_titles_carry_the_dataset_tag_of_the_tables(tmp_path: Path, monkeypatch) -> None:
     """A run on another dataset than the paper's is titled as in the tables: 'resnet14 [digits]'."""
     titles: list[str] = []
-    save = mcmi.report.figures._save
+    save = mcmi.report.figures.common.save
 
-    def keep_titles(fig, out_prefix):
+    def keep_titles(fig, out_prefix, **options):
         titles.extend(ax.get_title() for ax in fig.axes if ax.get_title())
-        save(fig, out_prefix)
+        save(fig, out_prefix, **options)
 
-    monkeypatch.setattr(mcmi.report.figures, "_save", keep_titles)
+    monkeypatch.setattr(mcmi.report.figures.common, "save", keep_titles)
     digits = {"dataset": "digits", "teacher": "resnet14"}
     sweep = [write_metrics(tmp_path, "m", {"stage": "measure", "variant": "MLL", "temperature": 4, **digits},
                            {"test_acc": 90.0, "train_cmi": 0.2, "train_ll": -0.2}),

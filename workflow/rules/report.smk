@@ -58,6 +58,7 @@ rule figure:
             labels={"figure": "Figure {n}", "format": "PNG (also .pdf)"},
         ),
     params:
+        paper=W.paper_dir,
         prefix=lambda wc, output: os.path.splitext(output.pdf)[0],
         plan=canonical_json(W.config),
         # read by the report's caption (workflow/report/figure.rst), not by the command
@@ -68,7 +69,8 @@ rule figure:
         "../../envs/mcmi.yaml"
     shell:
         mcmi(
-            "figure --plan-config {params.plan:q} --out {params.prefix} {wildcards.n} {input.metrics} > {log} 2>&1"
+            "figure --paper-dir {params.paper} --plan-config {params.plan:q} --out {params.prefix} {wildcards.n} "
+            "{input.metrics} > {log} 2>&1"
         )
 
 
