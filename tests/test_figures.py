@@ -106,3 +106,86 @@ def test_figure_titles_carry_the_dataset_tag_of_the_tables(tmp_path: Path, monke
     make_figure(2, [paper], str(tmp_path / "figure2_cifar"))
     assert titles == ["resnet14 [digits] → resnet8 [digits]", "resnet14 [digits] (MLL training)",
                       "resnet14 [digits] → resnet8 [digits] (MLL, KD; 1 run(s))", "resnet56 (MLL training)"]
+
+
+def _kd_student(directory: Path, name: str, teacher: str, student: str, variant: str, seed: int, acc: float,
+                temperatures: tuple[float, float] | None, dataset: str = "cifar100") -> str:
+    """A KD student: with ``temperatures`` (T_t, T_s) in its run block (settings T<t>, Tt<t>_Ts<s>), or
+    without, as Table 1's 'full' student, whose temperature is in its recorded hyperparameters."""
+    run = {"stage": "student", "dataset": dataset, "teacher": teacher, "student": student, "method": "KD",
+           "variant": variant, "seed": seed}
+    if temperatures and temperatures[0] == temperatures[1]:
+        run["temperature"] = temperatures[0]
+    elif temperatures:
+        run.update(temperature_teacher=temperatures[0], temperature_student=temperatures[1])
+    final = {"test_acc": acc, "method_hparams": {"T": 4, "T_teacher": 4, "T_student": 4, "alpha": 0.9}}
+    return write_metrics(directory, name, run, final)
+
+
+def test_figure1_bars_curve_and_the_table1_cell_note(tmp_path: Path, monkeypatch) -> None:
+    """Blue bars (mean, std error bars), a red CMI curve on a right axis, no legend; the T = 4 bar is Table
+    1's student ('full'), noted with ours and the paper's Table 1 value (70.66 for resnet56 -> resnet20)."""
+    drawn: dict = {}
+    save = mcmi.report.figures.common.save
+
+    def keep(fig, out_prefix, **options):
+        ax = fig.axes[0]
+        drawn["bars"] = [round(p.get_height(), 3) for p in ax.patches]
+        drawn["bar_colour"] = ax.patches[0].get_facecolor()[:3]
+        drawn["curve"] = [list(line.get_ydata()) for a in fig.axes[1:] for line in a.get_lines()]
+        drawn["curve_colour"] = fig.axes[1].get_lines()[0].get_color()
+        drawn["legends"] = [a.get_legend() for a in fig.axes]
+        drawn["text"] = " ".join(t.get_text() for t in fig.texts)
+        save(fig, out_prefix, **options)
+
+    monkeypatch.setattr(mcmi.report.figures.common, "save", keep)
+    paths = []
+    for t, cmi in ((1, 0.1), (2, 0.3), (4, 0.2)):
+        paths.append(write_metrics(tmp_path, f"m{t}", {"stage": "measure", "dataset": "cifar100",
+                                                       "teacher": "resnet56", "variant": "MLL", "temperature": t},
+                                   {"test_acc": 72.0, "train_cmi": cmi, "train_ll": -0.1}))
+        for seed in (0, 1):
+            paths.append(_kd_student(tmp_path, f"s{t}_{seed}", "resnet56", "resnet20", "MLL", seed,
+                                     69.0 + t / 2 + seed, None if t == 4 else (t, t)))
+    make_figure(1, paths, str(tmp_path / "figure1"))
+    assert_written(tmp_path / "figure1")
+    assert drawn["bars"] == [70.0, 70.5, 71.5]              # means over seeds 0, 1 at T = 1, 2, 4
+    assert drawn["curve"] == [[0.1, 0.3, 0.2]]
+    import matplotlib.colors
+    assert drawn["bar_colour"] == matplotlib.colors.to_rgb("tab:blue") and drawn["curve_colour"] == "tab:red"
+    assert all(legend is None for legend in drawn["legends"])
+    assert "T = 4, resnet56 → resnet20 is Table 1's KD cell" in drawn["text"]
+    assert "ours 71.50 ± 0.71 (n = 2); paper (Table 1) 70.66" in drawn["text"]
+
+
+def test_figure8_grid_of_pairs_and_student_temperatures(tmp_path: Path, monkeypatch) -> None:
+    """Rows = pairs, columns = T_s; an MLL and an MCMI curve over T_t per panel; T_t = T_s = 4 is Table 1's
+    cell, noted beside the paper's (MLL 70.66, MCMI 70.84 for resnet56 -> resnet20)."""
+    drawn: dict = {}
+    save = mcmi.report.figures.common.save
+
+    def keep(fig, out_prefix, **options):
+        drawn["titles"] = [ax.get_title() for ax in fig.axes]
+        drawn["lines"] = {ax.get_title(): [list(line.get_ydata()) for line in ax.get_lines()] for ax in fig.axes}
+        drawn["text"] = " ".join(t.get_text() for t in fig.texts)
+        save(fig, out_prefix, **options)
+
+    monkeypatch.setattr(mcmi.report.figures.common, "save", keep)
+    paths = []
+    for pair in (("resnet56", "resnet20"), ("resnet110", "resnet20")):
+        for t_s in (1, 4):
+            for t_t in (1, 2, 4):
+                for k, variant in enumerate(("MLL", "MCMI")):
+                    table1 = t_t == t_s == 4
+                    paths.append(_kd_student(tmp_path, f"{pair[0]}_{t_t}_{t_s}_{variant}", *pair, variant, 0,
+                                             50 + t_t + 5 * t_s + k, None if table1 else (t_t, t_s)))
+    make_figure(8, paths, str(tmp_path / "figure8"))
+    assert_written(tmp_path / "figure8")
+    assert drawn["titles"] == ["resnet56 → resnet20, $T_s$ = 1", "resnet56 → resnet20, $T_s$ = 4",
+                               "resnet110 → resnet20, $T_s$ = 1", "resnet110 → resnet20, $T_s$ = 4"]
+    panel = drawn["lines"]["resnet56 → resnet20, $T_s$ = 4"]
+    mll, mcmi_curve = panel[0], panel[-1]
+    assert list(mll) == [71, 72, 74] and list(mcmi_curve) == [72, 73, 75]   # 50 + T_t + 5 T_s (+1 for MCMI)
+    assert "resnet56 → resnet20, MLL teacher is Table 1's KD cell (the same job): ours 74.00 (n = 1); " \
+           "paper (Table 1) 70.66" in drawn["text"]
+    assert "MCMI teacher is Table 1's KD cell (the same job): ours 75.00 (n = 1); paper (Table 1) 70.84" in drawn["text"]

@@ -39,14 +39,14 @@ def _help(kind: str, capsys: pytest.CaptureFixture) -> str:
 
 def test_ids_in_target_order() -> None:
     assert TABLES.ids == ["1", "2", "3", "4", "5", "6", "7", "1x"]
-    assert FIGURES.ids == [1, 2, 4]
+    assert FIGURES.ids == [1, 2, 4, 8]
     assert [spec.target for spec in all_targets()] == [*(f"table{n}" for n in TABLES.ids),
                                                       *(f"figure{n}" for n in FIGURES.ids)]
 
 
 def test_cli_help_and_workflow_targets_list_every_declaration(test_config: dict, capsys) -> None:
     assert f"table id: {', '.join(TABLES.ids)}" in _help("table", capsys)
-    assert "figure id: 1, 2, 4" in _help("figure", capsys)
+    assert "figure id: 1, 2, 4, 8" in _help("figure", capsys)
     w = WorkflowConfig(copy.deepcopy(test_config), REPO)
     assert list(w.targets()) == [spec.target for spec in all_targets()]     # test.yaml configures all
     assert w.targets()["table1x"] == [f"{w.results}/tables/table1x.{ext}" for ext in ("md", "tex", "csv", "html")]
@@ -94,7 +94,8 @@ def test_inputs_of_each_declaration_on_a_small_config(test_config: dict) -> None
                                  "r/digits/teachers/resnet8/lambda_star.json"]
     assert w.table_inputs(7) == [measure("MLL", 1), measure("MCMI_lam0", 1), measure("MCMI_lam0.25", 1),
                                  student("MLL", "full"), student("MCMI_lam0", "full"), student("MCMI_lam0.25", "full")]
-    assert w.figure_inputs(1) == [measure("MLL", 1), student("MLL", "T1"), measure("MLL", 4), student("MLL", "T4")]
+    # at the KD temperature (4, KD's default here) Figure 1's student is Table 1's ('full'): one job
+    assert w.figure_inputs(1) == [measure("MLL", 1), student("MLL", "T1"), measure("MLL", 4), student("MLL", "full")]
     assert w.figure_inputs(2) == ["r/digits/teachers/resnet14/MLL/metrics.json"]
     assert w.figure_inputs(4) == [student("MLL", "zs"), student("MCMI_lam0.1", "zs")]
     config["experiments"]["table4"]["es_epochs"] = {}

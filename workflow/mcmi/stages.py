@@ -12,17 +12,18 @@ import torch
 
 from mcmi.cmi import compute_centroids
 from mcmi.data.sources import load_dataset
-from mcmi.data.subsets import student_train_set
+from mcmi.data.subsets import labelled_train_set, student_train_set
 from mcmi.distill import Distillation, PairContext, SharedTeacher, build_method, registry
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec,
-                                 StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, TrainingJob, parse_spec)
+from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, HeadsSpec, ImportSpec, JobSpec, Labelled, MCMISpec,
+                                 MeasureSpec, RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec,
+                                 TeacherSpec, TrainingJob, parse_spec)
 from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
 from mcmi.provenance import (code_fingerprint, link_or_copy, now, provenance, read_json_strict,
                              remove_stale_temporaries, save_torch_atomic, write_json_atomic)
-from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members, measure_cmi,
+from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members,
                         pick_device, seed_everything)
 
 StageFn = Callable[[Any], Any]
@@ -101,11 +102,22 @@ def _setup(spec: TrainingJob) -> tuple[torch.device, Any, Any, Identity]:
     return device, train, test, job_identity(spec, data_digest(train, test))
 
 
+def _labelled(train: Any, labelled: Labelled | None) -> Any:
+    """The training set a teacher sees: all of ``train``, or its labelled subset (Figure 9)."""
+    if labelled is None:
+        return train
+    subset = labelled_train_set(train, labelled.count, labelled.seed)
+    print(f"training on {len(subset)} class-balanced labelled images (seed {labelled.seed}) of {len(train)}",
+          flush=True)
+    return subset
+
+
 @stage(TeacherSpec)
 def train_teacher(spec: TeacherSpec) -> dict[str, Any]:
     """Train a model with cross-entropy (the MLL teacher; also the early-stopped teacher)."""
     recipe = Recipe(**spec.recipe)
     device, train, test, identity = _setup(spec)
+    train = _labelled(train, spec.labelled)
     model = _load_model(spec.model, train.num_classes)
     history = fit(model, CrossEntropy(), train, test, recipe, seed=int(spec.seed), device=device,
                   **_resume(spec, identity), cmi_every=int(spec.cmi_every or 0),
@@ -138,6 +150,7 @@ def finetune_mcmi(spec: MCMISpec) -> dict[str, Any]:
         raise ValueError(f"mcmi lambda must be >= 0, got {lam}")
     recipe = Recipe(**spec.recipe)
     device, train, test, identity = _setup(spec)
+    train = _labelled(train, spec.labelled)
     model = _load_model(spec.model, train.num_classes, spec.teacher_checkpoint).to(device)
     centroids = compute_centroids(model, train, recipe.batch_size, device, spec.centroid_pass,
                                   torch.Generator().manual_seed(int(spec.seed) + CENTROID_STREAM_OFFSET))
@@ -148,16 +161,53 @@ def finetune_mcmi(spec: MCMISpec) -> dict[str, Any]:
     return _finish(spec, "mcmi", final, history, device, identity, {"lam": lam}, outputs={"model": spec.out_model})
 
 
+@stage(RegularizedSpec)
+def finetune_regularized(spec: RegularizedSpec) -> dict[str, Any]:
+    """Fine-tune a trained teacher with the MCMI recipe but another regulariser (Figure 7: entropy or
+    label smoothing instead of the CMI term)."""
+    from mcmi.objectives import regularizer
+
+    objective = regularizer(spec.objective)
+    recipe = Recipe(**spec.recipe)
+    device, train, test, identity = _setup(spec)
+    train = _labelled(train, spec.labelled)
+    model = _load_model(spec.model, train.num_classes, spec.teacher_checkpoint).to(device)
+    history = fit(model, objective, train, test, recipe, seed=int(spec.seed), device=device,
+                  **_resume(spec, identity), label=f"{objective.describe()['objective']} {spec.model}")
+    final = _final_from_history(history)
+    _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
+    return _finish(spec, "regularized", final, history, device, identity, objective.describe(),
+                   outputs={"model": spec.out_model})
+
+
+@torch.no_grad()
+def output_statistics(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device,
+                      temperature: float = 1.0) -> dict[str, float]:
+    """CMI, LL and mean output entropy H(P_x) (nats) of ``model`` over ``data`` at ``temperature``, from
+    one pass in eval mode without augmentation (CMI and LL as ``train.measure_cmi`` computes them)."""
+    from mcmi.cmi import cmi_and_ll, collect_probs, entropy
+    from mcmi.train import check_finite
+
+    model.eval()
+    probs, labels = collect_probs(model, data.batches(batch_size, device=device), temperature)
+    cmi, ll = cmi_and_ll(probs, labels, data.num_classes)
+    result = {"cmi": float(cmi), "ll": float(ll), "entropy": float(entropy(probs.to(torch.float64)).mean())}
+    check_finite(result, f"CMI/LL/entropy on {getattr(data, 'name', 'the training set')} at T={temperature}")
+    return result
+
+
 @stage(MeasureSpec)
 def measure_teacher(spec: MeasureSpec) -> dict[str, Any]:
-    """Accuracy on the test set and CMI/LL over the training set (eval mode, no augmentation) at T."""
+    """Accuracy on the test set; CMI, LL and the mean output entropy over the training set (eval mode,
+    no augmentation) at T."""
     device, train, test, identity = _setup(spec)
     model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
     temperature = float(spec.temperature)
     evaluation = evaluate(model, test, 256, device)
-    cmi = measure_cmi(model, train, 256, device, temperature)
+    stats = output_statistics(model, train, 256, device, temperature)
     final = {"test_acc": evaluation["acc"], "test_top5": evaluation["top5"], "test_loss": evaluation["loss"],
-             "train_cmi": cmi["cmi"], "train_ll": cmi["ll"], "temperature": temperature}
+             "train_cmi": stats["cmi"], "train_ll": stats["ll"], "train_entropy": stats["entropy"],
+             "temperature": temperature}
     return _finish(spec, "measure", final, [], device, identity, {"temperature": temperature})
 
 

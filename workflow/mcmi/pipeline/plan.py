@@ -11,10 +11,11 @@ from typing import Any
 
 from mcmi.pipeline.config import (ConfigError, check_config, check_device_here, check_paper_dir, check_path_number,
                                   path_numbers, with_defaults)
-from mcmi.pipeline.naming import MCMI, MLL, VARIANTS, Setting, Variant, grid_variant, number_text, split_pair
+from mcmi.pipeline.naming import (FULL, MCMI, MLL, VARIANTS, Setting, Variant, grid_variant, number_text, split_pair,
+                                  temperature_setting)
 from mcmi.pipeline.paths import Paths
-from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec,
-                                 StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
+from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, JobSpec, Labelled, MCMISpec, MeasureSpec,
+                                 RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
 from mcmi.provenance import canonical_json, read_json_strict, write_text_atomic
 from mcmi.synthetic.task import resolve_config, split_sizes
 
@@ -183,17 +184,44 @@ class WorkflowConfig:
             return ImportSpec(**job, model=teacher, out_model=out_model, checkpoint=self.pretrained(ds, teacher))
         fig2 = self.config["experiments"].get("figure2")
         traces_cmi = variant == MLL and fig2 and fig2["dataset"] == ds and teacher in fig2["teachers"]
+        parsed = Variant.parse(variant)
         return TeacherSpec(**job, model=teacher, out_model=out_model, recipe=self.recipe(ds, "teacher", teacher),
                            cmi_every=fig2["cmi_every"] if traces_cmi else None,
-                           stop_after_epoch=Variant.parse(variant).es_epochs)
+                           stop_after_epoch=parsed.es_epochs, labelled=self._labelled(parsed))
 
-    def mcmi_spec(self, ds: str, teacher: str, lam: str) -> MCMISpec:
-        variant = grid_variant(lam)
+    @staticmethod
+    def _labelled(variant: Variant) -> Labelled | None:
+        """The labelled subset a teacher variant is trained on (None: the whole training set)."""
+        if variant.labeled_count is None:
+            return None
+        return Labelled(count=variant.labeled_count, seed=int(variant.labeled_seed or 0))
+
+    def finetune_spec(self, ds: str, teacher: str, variant: str) -> MCMISpec | RegularizedSpec:
+        """The job of a teacher fine-tuned from its MLL teacher with the MCMI recipe: a grid teacher
+        (``MCMI_lam<λ>``) or a regularised one (``ENT<β>``, ``LS<ε>``, ``LSKL<ε>w<w>``), each possibly of a
+        labelled subset (``_lab<count>s<seed>``)."""
+        parsed = Variant.parse(variant)
+        if not parsed.is_finetuned:
+            raise ValueError(f"teacher variant {variant!r} is not fine-tuned from an MLL teacher")
+        if parsed.lam is not None:
+            return self.mcmi_spec(ds, teacher, number_text(parsed.lam), variant)
         job = self.job_fields(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
-                        {"dataset": ds, "teacher": teacher, "variant": MCMI, "lam": float(lam)})
+                              {"dataset": ds, "teacher": teacher, **parsed.run_fields()})
+        return RegularizedSpec(**job, model=teacher, out_model=self.teacher_model(ds, teacher, variant),
+                               teacher_checkpoint=self.teacher_model(ds, teacher, parsed.parent),
+                               objective=parsed.regularizer(), recipe=self.mcmi_recipe(ds, teacher),
+                               labelled=self._labelled(parsed))
+
+    def mcmi_spec(self, ds: str, teacher: str, lam: str, variant: str | None = None) -> MCMISpec:
+        """MCMI fine-tuning at ``lam`` of the MLL teacher (of ``variant``'s labelled subset, if it has one)."""
+        variant = variant or grid_variant(lam)
+        parsed = Variant.parse(variant)
+        job = self.job_fields(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
+                              {"dataset": ds, "teacher": teacher, **parsed.run_fields()})
         return MCMISpec(**job, model=teacher, out_model=self.teacher_model(ds, teacher, variant),
-                        teacher_checkpoint=self.teacher_model(ds, teacher, MLL), lam=float(lam),
-                        recipe=self.mcmi_recipe(ds, teacher), centroid_pass=self.config["mcmi"]["centroid_pass"])
+                        teacher_checkpoint=self.teacher_model(ds, teacher, parsed.parent), lam=float(lam),
+                        recipe=self.mcmi_recipe(ds, teacher), centroid_pass=self.config["mcmi"]["centroid_pass"],
+                        labelled=self._labelled(parsed))
 
     def measure_spec(self, ds: str, teacher: str, variant: str, temp: str) -> MeasureSpec:
         job = self.job_fields(ds, 0, self.measure(ds, teacher, variant, float(temp)),
@@ -207,23 +235,46 @@ class WorkflowConfig:
         hparams = self.method_hparams(method, teacher, student)
         run = {"dataset": ds, "teacher": teacher, "student": student, "method": method, "seed": int(seed),
                **self.variant_run_fields(variant)}
+        from mcmi.distill.kd import KD
+
         parsed = Setting.parse(setting)
+        run.update(parsed.run_fields())
         few_shot = zero_shot = None
+        # Settings that take a parameter from an experiment's block: the few-shot subsets' seed (table3),
+        # the zero-shot classes (figure4), the KD loss scale at two temperatures (figure8).
+        experiments = self.config["experiments"]
         if parsed.is_few_shot:
-            few_shot = FewShot(alpha_percent=parsed.alpha_percent,
-                               seed=self.config["experiments"]["table3"]["partition_seed"])
-            run["alpha_percent"] = parsed.alpha_percent
-        elif parsed.is_temperature:
+            few_shot = FewShot(alpha_percent=parsed.alpha_percent, seed=experiments["table3"]["partition_seed"])
+        elif parsed.temperature is not None:
             hparams["T"] = parsed.temperature
-            run["temperature"] = parsed.temperature
+        elif parsed.is_temperature:
+            hparams.update(T_teacher=parsed.teacher_temperature, T_student=parsed.student_temperature,
+                           scale=experiments.get("figure8", {}).get("kd_scale", KD.defaults["scale"]))
         elif parsed.is_zero_shot:
-            zero_shot = ZeroShot(removed_classes=self.config["experiments"]["figure4"]["removed_classes"])
+            zero_shot = ZeroShot(removed_classes=experiments["figure4"]["removed_classes"])
+        labelled = Variant.parse(variant).labeled_count
+        if method == "SemiKD" and labelled is not None:      # the labelled images of its teacher's subset
+            hparams.update(labeled_count=labelled, labeled_seed=Variant.parse(variant).labeled_seed)
         extra = {"hsakd_teacher_heads": self.hsakd_heads(ds, teacher, variant)} if method == "HSAKD" else None
         return StudentSpec(**self.job_fields(ds, int(seed), out, run), **self._numerics(), student=student,
                            teacher=teacher, teacher_checkpoint=self.teacher_model(ds, teacher, variant),
                            method=method, recipe=self.recipe(ds, "student", student),
                            out_model=str(Path(out).with_name("model.pt")), finished=self.paths.finished(out),
                            few_shot=few_shot, zero_shot=zero_shot, extra=extra, hparams=hparams)
+
+    def kd_setting(self, teacher: str, student: str, t_teacher: float, t_student: float) -> str:
+        """The setting of a KD student at teacher temperature ``t_teacher`` and student temperature
+        ``t_student``: 'full' -- Table 1's student, the same job -- when these are the temperatures the
+        config's KD hyperparameters already give the pair, else 'T<t>' or 'Tt<t_teacher>_Ts<t_student>'."""
+        from mcmi.distill.kd import KD
+
+        hparams = {**KD.defaults, **self.method_hparams("KD", teacher, student)}
+        common = float(hparams["T"])
+        configured = (float(hparams["T_teacher"] if hparams["T_teacher"] is not None else common),
+                      float(hparams["T_student"] if hparams["T_student"] is not None else common))
+        if (float(t_teacher), float(t_student)) == configured:
+            return FULL
+        return temperature_setting(t_teacher, t_student)
 
     def vanilla_spec(self, ds: str, student: str, seed: int | str) -> StudentSpec:
         out = self.vanilla(ds, student, seed)
@@ -481,9 +532,11 @@ class WorkflowConfig:
             return self.vanilla_spec(m["dataset"], m["student"], m["seed"])
         if m := p.parse("teacher_metrics", path):
             variant = Variant.parse(m["variant"])
+            if variant.is_finetuned:
+                return self.finetune_spec(m["dataset"], m["teacher"], m["variant"])
             if variant.kind != MCMI:
                 return self.teacher_spec(m["dataset"], m["teacher"], m["variant"])
-            lam = variant.lam if variant.lam is not None else self.adopted_lambda(m["dataset"], m["teacher"])
+            lam = self.adopted_lambda(m["dataset"], m["teacher"])
             return None if lam is None else self.mcmi_spec(m["dataset"], m["teacher"], number_text(lam))
         if m := p.parse("measure", path):
             return self.measure_spec(m["dataset"], m["teacher"], m["variant"], m["temp"])
@@ -516,7 +569,7 @@ class WorkflowConfig:
                 return rule
         if m := self.paths.parse("teacher_metrics", path):
             variant = Variant.parse(m["variant"])
-            return "teacher" if variant.kind != MCMI else "mcmi_finetune" if variant.lam is not None else "mcmi_selected"
+            return "mcmi_finetune" if variant.is_finetuned else "mcmi_selected" if variant.kind == MCMI else "teacher"
         return "?"
 
     def plan_config_file(self) -> str:

@@ -140,6 +140,15 @@ class ZeroShot(_Part):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Labelled(_Part):
+    """Train a teacher on ``count`` class-balanced labelled images drawn with ``seed`` only (Figure 9;
+    ``data.subsets.labelled_indices``)."""
+
+    count: int
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataSpec(JobSpec):
     """Check (download or generate where configured) one dataset before any job uses it."""
 
@@ -172,6 +181,11 @@ class TeacherSpec(TrainingJob):
     out_model: str
     cmi_every: int | None = None          # measure the training set's CMI every N epochs (Figure 2)
     stop_after_epoch: int | None = None
+    labelled: Labelled | None = None      # train on a labelled subset only (Figure 9)
+
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        return {"labelled": Labelled.from_dict}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +211,31 @@ class MCMISpec(TrainingJob):
     recipe: SpecDict
     centroid_pass: str = "eval"
     out_model: str
+    labelled: Labelled | None = None      # fine-tune (and take the centroids) on a labelled subset only
+
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        return {"labelled": Labelled.from_dict}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegularizedSpec(TrainingJob):
+    """Fine-tune the MLL teacher at ``teacher_checkpoint`` with the MCMI recipe but another regulariser
+    (Figure 7): ``objective`` is what ``objectives.regularizer`` builds, e.g. {"objective": "entropy",
+    "beta": 0.15}."""
+
+    STAGE: ClassVar[str] = "regularized"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("teacher_checkpoint",)
+    model: str
+    teacher_checkpoint: str
+    objective: SpecDict
+    recipe: SpecDict
+    out_model: str
+    labelled: Labelled | None = None
+
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        return {"labelled": Labelled.from_dict}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,8 +325,8 @@ class SyntheticSpec(JobSpec):
 
 
 SPEC_TYPES: dict[str, type[JobSpec]] = {cls.STAGE: cls for cls in (
-    DataSpec, TeacherSpec, ImportSpec, MCMISpec, MeasureSpec, HeadsSpec, StudentSpec, StudentGroupSpec,
-    SyntheticSpec)}
+    DataSpec, TeacherSpec, ImportSpec, MCMISpec, RegularizedSpec, MeasureSpec, HeadsSpec, StudentSpec,
+    StudentGroupSpec, SyntheticSpec)}
 
 
 def parse_spec(data: SpecDict | str | JobSpec) -> JobSpec:

@@ -74,6 +74,8 @@ def _range_problem(key: str, value: Any) -> str | None:
         low, high, what = -_SLACK, float("inf"), "a CMI >= 0 (nats)"
     elif name.endswith("_ll") or name == "ll":
         low, high, what = float("-inf"), _SLACK, "a log-likelihood <= 0 (nats)"
+    elif name.endswith("_entropy") or name == "entropy":
+        low, high, what = -_SLACK, float("inf"), "an entropy >= 0 (nats)"
     else:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -116,11 +118,7 @@ def expected_run(path: str) -> dict[str, Any]:
         if "variant" in found:
             run.update(Variant.parse(found["variant"]).run_fields())
         if "setting" in found:
-            setting = Setting.parse(found["setting"])
-            if setting.is_few_shot:
-                run["alpha_percent"] = setting.alpha_percent
-            if setting.is_temperature:
-                run["temperature"] = setting.temperature
+            run.update(Setting.parse(found["setting"]).run_fields())
         if "temp" in found:
             run["temperature"] = float(found["temp"])
         if "dmu" in found:
@@ -137,7 +135,7 @@ def _same(recorded: Any, expected: Any) -> bool:
 
 def record_problems(record: MetricsRecord, data: dict[str, Any]) -> list[str]:
     """What is wrong with one metrics file, judged on its own: its seal, value ranges (accuracies in
-    [0, 100], CMI >= 0, LL <= 0, numbers where numbers belong), ``final`` against its history's last
+    [0, 100], CMI >= 0, LL <= 0, entropy >= 0, numbers where numbers belong), ``final`` against its history's last
     epoch, and its ``run`` against its path."""
     problems = [p for p in [seal_problem(data)] if p]
     problems += _ranges(record.final, "final") + _ranges(record.history, "history")

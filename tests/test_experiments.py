@@ -1,0 +1,103 @@
+"""The appendix experiments as targets of the one DAG (issue 25): what each plans on the paper, demo and
+test configs, the jobs they share with Tables 1-7 and Figures 1, 2, 4 (a student or teacher that one
+experiment trains is never planned twice), and the config errors naming their keys."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mcmi.pipeline import ConfigError, StudentCell, WorkflowConfig
+from mcmi.pipeline.naming import Setting
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+def plan(config: dict) -> WorkflowConfig:
+    return WorkflowConfig(copy.deepcopy(config), REPO)
+
+
+def without(config: dict, *experiments: str) -> dict:
+    config = copy.deepcopy(config)
+    for name in experiments:
+        del config["experiments"][name]
+    return config
+
+
+def cells_of(w: WorkflowConfig, target: str) -> set[StudentCell]:
+    return {cell for path in w.target_inputs(target) if (cell := w._cell(path)) is not None}
+
+
+# ---------------------------------------------------------------- Figure 1 and Figure 8: temperatures
+def test_figure1_at_the_kd_temperature_is_table1s_student():
+    """Figure 1's T = 4 bar is Table 1's KD student (setting 'full', one job); the other T are 'T<t>'."""
+    w = plan(load("config/config.yaml"))
+    figure1, table1 = cells_of(w, "figure1"), cells_of(w, "table1")
+    shared = figure1 & table1
+    assert {(c.teacher, c.setting) for c in shared} == {(t, "full") for t in ("resnet56", "resnet110", "ResNet50")}
+    assert len(shared) == 3 * 5                                      # 3 pairs x 5 seeds
+    assert {c.setting for c in figure1 - table1} == {f"T{t}" for t in (1, 2, 3, 5, 6, 7, 8)}
+
+
+def test_figure8_plans_only_the_cells_figure1_and_table1_do_not_train():
+    """Figure 8's 3 pairs x 3 T_s x 8 T_t x {MLL, MCMI} x 5 seeds = 720 students; the T_t = T_s cells of the
+    MLL teacher are Figure 1's (T1, T2) and Table 1's (T = 4), the MCMI teacher's T_t = T_s = 4 cell is
+    Table 1's: 660 new students, and the other 60 are the same cells (same paths, same jobs)."""
+    config = load("config/config.yaml")
+    full, rest = plan(config), plan(without(config, "figure8"))
+    figure8 = cells_of(full, "figure8")
+    assert len(figure8) == 3 * 3 * 8 * 2 * 5 == 720
+    new = set(full.student_cells()) - set(rest.student_cells())
+    assert len(new) == 720 - 3 * 5 * (3 + 1) == 660
+    reused = figure8 - new
+    assert reused <= cells_of(full, "figure1") | cells_of(full, "table1")
+    assert {(c.variant, c.setting) for c in reused} == {("MLL", "T1"), ("MLL", "T2"), ("MLL", "full"),
+                                                         ("MCMI", "full")}
+    settings = {Setting.parse(c.setting) for c in new}
+    assert all(s.is_temperature for s in settings)
+    assert sum(len(g.cells) for g in full.student_groups()) == 1907 + 660
+    # a cell at two temperatures carries both, and figure8.kd_scale; one at T_t = T_s is Figure 1's spec
+    spec = full.student_spec("cifar100", "resnet56", "resnet20", "KD", "MCMI", "Tt2_Ts4", 0)
+    assert (spec.hparams["T_teacher"], spec.hparams["T_student"], spec.hparams["scale"]) == (2.0, 4.0, "ts2")
+    assert spec.run["temperature_teacher"] == 2.0 and spec.run["temperature_student"] == 4.0
+    assert "scale" not in full.student_spec("cifar100", "resnet56", "resnet20", "KD", "MLL", "T2", 0).hparams
+
+
+def test_kd_setting_names_table1s_student_only_at_the_configured_temperature():
+    w = plan(load("config/config.yaml"))
+    assert w.kd_setting("resnet56", "resnet20", 4, 4) == "full"
+    assert w.kd_setting("resnet56", "resnet20", 2, 2) == "T2"
+    assert w.kd_setting("resnet56", "resnet20", 4, 2) == "Tt4_Ts2"
+    config = load("config/config.yaml")
+    config["methods"]["KD"]["T"] = 2
+    assert plan(config).kd_setting("resnet56", "resnet20", 4, 4) == "T4"
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda e: e["figure8"].update(kd_scale="t4"), r"config experiments\.figure8\.kd_scale"),
+    (lambda e: e["figure8"].update(teacher_temperatures=[1, 0]), r"experiments\.figure8\.teacher_temperatures\[1\]"),
+    (lambda e: e["figure8"].update(student_temperatures=[1e-9]), r"experiments\.figure8\.student_temperatures\[0\]"),
+    (lambda e: e["figure8"].update(pairs=["resnet56->resnet99"]), r"experiments\.figure8\.pairs\[0\]"),
+])
+def test_config_errors_name_the_key(edit, key):
+    config = load("config/test.yaml")
+    edit(config["experiments"])
+    with pytest.raises(ConfigError, match=key):
+        plan(config)
+
+
+def test_an_empty_block_takes_the_schema_defaults():
+    config = load("config/config.yaml")
+    config["experiments"]["figure8"] = {}
+    w = plan(config)
+    exp = w.config["experiments"]["figure8"]
+    assert exp["teacher_temperatures"] == [1, 2, 3, 4, 5, 6, 7, 8] and exp["student_temperatures"] == [1, 2, 4]
+    assert exp["pairs"] == ["resnet56->resnet20", "resnet110->resnet20", "ResNet50->MobileNetV2"]
+    assert exp["kd_scale"] == "ts2" and exp["dataset"] == "cifar100"
