@@ -62,7 +62,7 @@ def test_figure8_plans_only_the_cells_figure1_and_table1_do_not_train():
                                                          ("MCMI", "full")}
     settings = {Setting.parse(c.setting) for c in new}
     assert all(s.is_temperature for s in settings)
-    assert sum(len(g.cells) for g in full.student_groups()) == 1907 + 660
+    assert sum(len(g.cells) for g in full.student_groups()) == sum(len(g.cells) for g in rest.student_groups()) + 660
     # a cell at two temperatures carries both, and figure8.kd_scale; one at T_t = T_s is Figure 1's spec
     spec = full.student_spec("cifar100", "resnet56", "resnet20", "KD", "MCMI", "Tt2_Ts4", 0)
     assert (spec.hparams["T_teacher"], spec.hparams["T_student"], spec.hparams["scale"]) == (2.0, 4.0, "ts2")
@@ -101,3 +101,39 @@ def test_an_empty_block_takes_the_schema_defaults():
     assert exp["teacher_temperatures"] == [1, 2, 3, 4, 5, 6, 7, 8] and exp["student_temperatures"] == [1, 2, 4]
     assert exp["pairs"] == ["resnet56->resnet20", "resnet110->resnet20", "ResNet50->MobileNetV2"]
     assert exp["kd_scale"] == "ts2" and exp["dataset"] == "cifar100"
+
+
+# ---------------------------------------------------------------- Figure 5: teacher size
+def test_figure5_plans_teachers_fine_tunes_and_students_sharing_the_grids():
+    """resnet56's and resnet110's MLL teachers are Table 1's and their fine-tunes at λ = 0.25 the λ grid's
+    (the same jobs); resnet32 and resnet152 are new teachers; students resnet8 by KD and CRD."""
+    config = load("config/config.yaml")
+    full, rest = plan(config), plan(without(config, "figure5"))
+    inputs = full.target_inputs("figure5")
+    measured = {(m["teacher"], m["variant"]) for p in inputs if (m := full.paths.parse("measure", p))}
+    assert measured == {(t, v) for t in ("resnet32", "resnet56", "resnet110", "resnet152")
+                        for v in ("MLL", "MCMI_lam0.25")}
+    cells = cells_of(full, "figure5")
+    assert len(cells) == 4 * 2 * 2 and {c.student for c in cells} == {"resnet8"}
+    assert set(full.student_cells()) - set(rest.student_cells()) == cells
+    grid = full.config["mcmi"]["lambda_grid"]["cifar100"]
+    assert 0.25 in grid          # the grid's fine-tune: MCMI_lam0.25 of resnet56/110 is planned by Table 6 too
+    spec = full.planned_spec(full.teacher_metrics("cifar100", "resnet152", "MCMI_lam0.25"))
+    assert spec.lam == 0.25 and spec.teacher_checkpoint == full.teacher_model("cifar100", "resnet152", "MLL")
+    assert spec.recipe["epochs"] == 20 and spec.recipe["schedule"] == "cosine"
+
+
+def test_figure5_lambda_per_teacher_and_its_key_errors():
+    config = load("config/config.yaml")
+    config["experiments"]["figure5"]["lam_per_teacher"] = {"resnet110": 0.1}
+    inputs = plan(config).target_inputs("figure5")
+    assert any("/resnet110/MCMI_lam0.1/" in p for p in inputs) and not any("/resnet110/MCMI_lam0.25/" in p for p in inputs)
+    config["experiments"]["figure5"]["lam_per_teacher"] = {"resnet20": 0.1}
+    with pytest.raises(ConfigError, match=r"experiments\.figure5\.lam_per_teacher\.resnet20: not one of"):
+        plan(config)
+    config["experiments"]["figure5"]["lam_per_teacher"] = {"resnet110": 0.10000001}
+    with pytest.raises(ConfigError, match=r"experiments\.figure5\.lam_per_teacher\.resnet110: 0\.10000001"):
+        plan(config)
+    config["experiments"]["figure5"] = {"student": "resnet9"}
+    with pytest.raises(ConfigError, match=r"experiments\.figure5\.student: unknown model 'resnet9'"):
+        plan(config)

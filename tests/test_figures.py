@@ -189,3 +189,34 @@ def test_figure8_grid_of_pairs_and_student_temperatures(tmp_path: Path, monkeypa
     assert "resnet56 → resnet20, MLL teacher is Table 1's KD cell (the same job): ours 74.00 (n = 1); " \
            "paper (Table 1) 70.66" in drawn["text"]
     assert "MCMI teacher is Table 1's KD cell (the same job): ours 75.00 (n = 1); paper (Table 1) 70.84" in drawn["text"]
+
+
+def test_figure5_teacher_size_panels(tmp_path: Path, monkeypatch) -> None:
+    """Per method a row of student accuracy, teacher CMI and LL against the teachers ordered by depth
+    (resnet110 after resnet32 whatever the file order), an MLL and an MCMI curve in each."""
+    drawn: dict = {}
+    save = mcmi.report.figures.common.save
+
+    def keep(fig, out_prefix, **options):
+        drawn["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        drawn["lines"] = [[list(line.get_ydata()) for line in ax.get_lines()] for ax in fig.axes]
+        save(fig, out_prefix, **options)
+
+    monkeypatch.setattr(mcmi.report.figures.common, "save", keep)
+    paths = []
+    for depth, teacher in ((110, "resnet110"), (32, "resnet32"), (56, "resnet56")):
+        for k, (variant, extra) in enumerate((("MLL", {}), ("MCMI", {"lam": 0.25}))):
+            run = {"dataset": "cifar100", "teacher": teacher, "variant": variant, **extra}
+            paths.append(write_metrics(tmp_path, f"m{teacher}{variant}", {"stage": "measure", "temperature": 1, **run},
+                                       {"test_acc": 70.0, "train_cmi": 0.5 - depth / 1000 + k / 10,
+                                        "train_ll": -0.5 + depth / 1000 - k / 10}))
+            for method in ("KD", "CRD"):
+                paths.append(write_metrics(tmp_path, f"s{teacher}{variant}{method}",
+                                           {"stage": "student", "student": "resnet8", "method": method, "seed": 0,
+                                            **run}, {"test_acc": 60.0 + depth / 100 + k}))
+    make_figure(5, paths, str(tmp_path / "figure5"))
+    assert_written(tmp_path / "figure5")
+    assert drawn["ticks"] == ["resnet32", "resnet56", "resnet110"]
+    kd_acc, kd_cmi = drawn["lines"][0], drawn["lines"][1]
+    assert kd_acc[0] == [60.32, 60.56, 61.1] and kd_acc[-1] == [61.32, 61.56, 62.1]     # MLL, MCMI
+    assert [round(v, 3) for v in kd_cmi[0]] == [0.468, 0.444, 0.39]
