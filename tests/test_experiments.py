@@ -137,3 +137,44 @@ def test_figure5_lambda_per_teacher_and_its_key_errors():
     config["experiments"]["figure5"] = {"student": "resnet9"}
     with pytest.raises(ConfigError, match=r"experiments\.figure5\.student: unknown model 'resnet9'"):
         plan(config)
+
+
+# ---------------------------------------------------------------- Figure 7: regularised teachers
+def test_figure7_adds_only_the_regularised_teachers_and_their_students():
+    """The MLL and MCMI teachers, their measurements and KD students are Table 1's (the same jobs); Figure 7
+    adds per pair an entropy teacher (β = the pair's λ*: vgg13 0.2, resnet56 0.15) and a label-smoothing
+    teacher (ε = 0.1), fine-tuned from the MLL teacher with the MCMI recipe, and their KD students."""
+    config = load("config/config.yaml")
+    full, rest = plan(config), plan(without(config, "figure7"))
+    new = set(full.student_cells()) - set(rest.student_cells())
+    assert {(c.teacher, c.student, c.variant) for c in new} == {
+        ("vgg13", "MobileNetV2", "ENT0.2"), ("vgg13", "MobileNetV2", "LS0.1"),
+        ("resnet56", "resnet20", "ENT0.15"), ("resnet56", "resnet20", "LS0.1")}
+    assert len(new) == 4 * 5 and {c.method for c in new} == {"KD"} and {c.setting for c in new} == {"full"}
+    shared = cells_of(full, "figure7") & cells_of(full, "table1")
+    assert {(c.teacher, c.variant) for c in shared} == {(t, v) for t in ("vgg13", "resnet56") for v in ("MLL", "MCMI")}
+    spec = full.planned_spec(full.teacher_metrics("cifar100", "resnet56", "ENT0.15"))
+    assert spec.STAGE == "regularized" and spec.objective == {"objective": "entropy", "beta": 0.15}
+    assert spec.teacher_checkpoint == full.teacher_model("cifar100", "resnet56", "MLL")
+    assert spec.recipe == full.mcmi_recipe("cifar100", "resnet56")          # the MCMI teacher's recipe
+    assert full.rule_of(full.teacher_metrics("cifar100", "resnet56", "LS0.1")) == "mcmi_finetune"
+    measured = {p for p in full.target_inputs("figure7") if full.paths.parse("measure", p)}
+    assert len(measured) == 2 * 4
+
+
+def test_figure7_label_smoothing_in_the_authors_form_and_key_errors():
+    config = load("config/config.yaml")
+    config["experiments"]["figure7"].update(ls_form="code", regularizers=["label_smoothing"])
+    spec = plan(config).finetune_spec("cifar100", "vgg13", "LSKL0.1w0.2")
+    assert spec.objective == {"objective": "label_smoothing_reverse_kl", "eps": 0.1, "weight": 0.2}
+    assert any("/LSKL0.1w0.2/" in p for p in plan(config).target_inputs("figure7"))
+    config["experiments"]["figure7"]["pairs"] = ["wrn_40_2->wrn_16_2", "resnet32x4->ShuffleV1", "resnet20->resnet8"]
+    with pytest.raises(ConfigError, match=r"experiments\.figure7\.beta\.resnet20: missing"):
+        plan(config)
+    config = load("config/config.yaml")
+    config["experiments"]["figure7"]["ls_weight"] = 0.3
+    with pytest.raises(ConfigError, match=r"experiments\.figure7\.ls_weight: only used with ls_form 'code'"):
+        plan(config)
+    config["experiments"]["figure7"] = {"regularizers": ["dropout"]}
+    with pytest.raises(ConfigError, match=r"config experiments\.figure7\.regularizers\[0\]"):
+        plan(config)

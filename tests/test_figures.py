@@ -220,3 +220,39 @@ def test_figure5_teacher_size_panels(tmp_path: Path, monkeypatch) -> None:
     kd_acc, kd_cmi = drawn["lines"][0], drawn["lines"][1]
     assert kd_acc[0] == [60.32, 60.56, 61.1] and kd_acc[-1] == [61.32, 61.56, 62.1]     # MLL, MCMI
     assert [round(v, 3) for v in kd_cmi[0]] == [0.468, 0.444, 0.39]
+
+
+def test_figure7_teacher_cmi_entropy_and_students(tmp_path: Path, monkeypatch) -> None:
+    """Per pair: bars of teacher CMI, teacher mean entropy and KD student accuracy for MLL, MCMI, entropy-
+    and label-smoothing teachers (in that order); the MLL and MCMI students are Table 1's cells, noted
+    beside the paper's (vgg13 -> MobileNetV2: 67.37 and 69.14)."""
+    drawn: dict = {}
+    save = mcmi.report.figures.common.save
+
+    def keep(fig, out_prefix, **options):
+        drawn["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        drawn["bars"] = [[round(p.get_height(), 4) for p in ax.patches] for ax in fig.axes]
+        drawn["text"] = " ".join(t.get_text() for t in fig.texts)
+        save(fig, out_prefix, **options)
+
+    monkeypatch.setattr(mcmi.report.figures.common, "save", keep)
+    teachers = [("LS", {"eps": 0.1}), ("MLL", {}), ("ENT", {"beta": 0.2}), ("MCMI", {})]   # any file order
+    paths = []
+    for k, (variant, extra) in enumerate(teachers):
+        run = {"dataset": "cifar100", "teacher": "vgg13", "variant": variant, **extra}
+        paths.append(write_metrics(tmp_path, f"m{variant}", {"stage": "measure", "temperature": 1, **run},
+                                   {"test_acc": 74.0, "train_cmi": 0.1 * (k + 1), "train_ll": -0.1,
+                                    "train_entropy": 0.5 + k}))
+        for seed in (0, 1):
+            paths.append(write_metrics(tmp_path, f"s{variant}{seed}",
+                                       {"stage": "student", "student": "MobileNetV2", "method": "KD", "seed": seed,
+                                        **run}, {"test_acc": 66.0 + k + seed,
+                                                 "method_hparams": {"T": 4, "alpha": 0.9}}))
+    make_figure(7, paths, str(tmp_path / "figure7"))
+    assert_written(tmp_path / "figure7")
+    assert drawn["ticks"] == ["MLL", "MCMI (λ*)", "entropy, β = 0.2", "label smoothing, ε = 0.1"]
+    cmi, entropy, acc = drawn["bars"]
+    assert cmi == [0.2, 0.4, 0.3, 0.1] and entropy == [1.5, 3.5, 2.5, 0.5] and acc == [67.5, 69.5, 68.5, 66.5]
+    assert "vgg13 → MobileNetV2, MLL teacher: Table 1's KD cell (the same job): ours 67.50 ± 0.71 (n = 2); " \
+           "paper (Table 1) 67.37" in drawn["text"]
+    assert "MCMI teacher: Table 1's KD cell (the same job): ours 69.50 ± 0.71 (n = 2); paper (Table 1) 69.14" in drawn["text"]

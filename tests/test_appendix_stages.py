@@ -1,0 +1,110 @@
+"""The stages the appendix experiments added, on tiny inputs: a teacher fine-tuned with a regulariser
+instead of the CMI term (Figure 7), a teacher of a labelled subset and its MCMI fine-tune (Figure 9), the
+teacher's mean output entropy in the measure stage, and the experiments' own stages (t-SNE, per-class CMI,
+Eigen-CAM)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcmi.cmi import collect_probs, entropy
+from mcmi.data.sources import load_dataset
+from mcmi.data.subsets import labelled_indices
+from mcmi.identity import file_digest
+from mcmi.models import create_model, load_repdistiller_checkpoint
+from mcmi.stages import run_stage
+
+DIGITS = {"kind": "digits", "image_size": 8, "max_train": 96, "max_test": 40}
+RECIPE = {"epochs": 1, "lr": 0.05, "batch_size": 32, "milestones": []}
+
+
+def _job(tmp_path: Path, name: str, stage: str, **fields) -> dict:
+    folder = tmp_path / name
+    return {"stage": stage, "dataset": DIGITS, "seed": 0, "device": "cpu",
+            "out_metrics": str(folder / "metrics.json"), "resume": str(tmp_path / "_resume" / name / "last.pt"),
+            "run": {"dataset": "digits", "teacher": "resnet8"}, **fields}
+
+
+def _teacher(tmp_path: Path, name: str = "mll", **fields) -> str:
+    spec = _job(tmp_path, name, "teacher", model="resnet8", recipe=RECIPE,
+                out_model=str(tmp_path / name / "model.pt"), **fields)
+    spec["run"]["variant"] = "MLL"
+    run_stage(spec)
+    return spec["out_model"]
+
+
+def _metrics(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@pytest.mark.parametrize("objective, terms", [
+    ({"objective": "entropy", "beta": 0.5}, {"entropy": 0.5}),
+    ({"objective": "label_smoothing", "eps": 0.1}, {"eps": 0.1}),
+    ({"objective": "label_smoothing_reverse_kl", "eps": 0.1, "weight": 0.2}, {"eps": 0.1, "weight": 0.2}),
+])
+def test_a_regularised_teacher_is_fine_tuned_from_the_mll_checkpoint(tmp_path, objective, terms):
+    mll = _teacher(tmp_path)
+    spec = _job(tmp_path, "reg", "regularized", model="resnet8", teacher_checkpoint=mll, objective=objective,
+                recipe={**RECIPE, "schedule": "cosine"}, out_model=str(tmp_path / "reg" / "model.pt"))
+    run_stage(spec)
+    metrics = _metrics(spec["out_metrics"])
+    assert metrics["run"]["stage"] == "regularized" and metrics["run"]["objective"] == objective["objective"]
+    assert metrics["provenance"]["identity"]["inputs"]["teacher_checkpoint"] == file_digest(mll)
+    assert metrics["provenance"]["outputs"]["model"] == file_digest(spec["out_model"])
+    before, after = (torch.load(p, weights_only=True)["model"] for p in (mll, spec["out_model"]))
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+
+def test_an_unknown_regulariser_is_refused_before_training(tmp_path):
+    spec = _job(tmp_path, "reg", "regularized", model="resnet8", teacher_checkpoint=str(tmp_path / "x.pt"),
+                objective={"objective": "dropout", "p": 0.5}, recipe=RECIPE, out_model=str(tmp_path / "m.pt"))
+    with pytest.raises(ValueError, match="unknown teacher regulariser 'dropout'"):
+        run_stage(spec)
+    assert not (tmp_path / "_resume").exists()
+
+
+def test_measure_records_the_mean_output_entropy(tmp_path):
+    """train_entropy is the mean over the training set of H(softmax(logits / T)), computed directly here."""
+    mll = _teacher(tmp_path)
+    spec = _job(tmp_path, "measure", "measure", model="resnet8", checkpoint=mll, temperature=2.0)
+    spec["run"]["variant"] = "MLL"
+    run_stage(spec)
+    final = _metrics(spec["out_metrics"])["final"]
+    train, _ = load_dataset(DIGITS)
+    model = create_model("resnet8", 10)
+    load_repdistiller_checkpoint(model, mll)
+    model.eval()
+    probs, _ = collect_probs(model, train.batches(64), temperature=2.0)
+    assert final["train_entropy"] == pytest.approx(float(entropy(probs.double()).mean()), rel=1e-9)
+    assert 0 < final["train_entropy"] <= torch.log(torch.tensor(10.0)).item()
+
+
+def test_a_teacher_of_a_labelled_subset_sees_only_those_images(tmp_path, monkeypatch):
+    """The teacher's and its MCMI fine-tune's training sets are the class-balanced labelled subset
+    (data.subsets.labelled_indices: 20 images, 2 a class); the test set is the whole test split."""
+    import mcmi.stages
+
+    seen = []
+    fit = mcmi.stages.fit
+
+    def recording_fit(model, objective, train, test, recipe, **kw):
+        seen.append((train.labels.clone(), len(test)))
+        return fit(model, objective, train, test, recipe, **kw)
+
+    monkeypatch.setattr(mcmi.stages, "fit", recording_fit)
+    labelled = {"count": 20, "seed": 3}
+    mll = _teacher(tmp_path, "mll_lab", labelled=labelled)
+    spec = _job(tmp_path, "mcmi_lab", "mcmi", model="resnet8", teacher_checkpoint=mll, lam=0.1, recipe=RECIPE,
+                out_model=str(tmp_path / "mcmi_lab" / "model.pt"), labelled=labelled)
+    spec["run"]["variant"] = "MCMI"
+    run_stage(spec)
+    train, test = load_dataset(DIGITS)
+    expected = train.labels[labelled_indices(train.labels, 20, 3, 10)]
+    assert len(seen) == 2
+    for labels, test_size in seen:
+        assert torch.equal(labels, expected) and test_size == len(test)
+        assert torch.bincount(labels, minlength=10).tolist() == [2] * 10
