@@ -178,3 +178,41 @@ def test_figure7_label_smoothing_in_the_authors_form_and_key_errors():
     config["experiments"]["figure7"] = {"regularizers": ["dropout"]}
     with pytest.raises(ConfigError, match=r"config experiments\.figure7\.regularizers\[0\]"):
         plan(config)
+
+
+# ---------------------------------------------------------------- Figure 9: semi-supervised
+def test_figure9_teachers_of_labelled_subsets_and_their_students_under_one_dataset():
+    """Per number of labels and seed: the MLL teacher of that subset ('MLL_lab<count>s<seed>'), its MCMI
+    fine-tune ('MCMI_lam0.25_lab<count>s<seed>', centroids and training on the same subset) and a SemiKD
+    student of each on every CIFAR-10 training image -- all under the dataset 'cifar10'."""
+    w = plan(load("config/config.yaml"))
+    cells = cells_of(w, "figure9")
+    assert len(cells) == 4 * 3 * 2 and {(c.ds, c.teacher, c.student, c.method, c.setting) for c in cells} == \
+        {("cifar10", "ResNet50", "ResNet18", "SemiKD", "full")}
+    assert all(c.variant.endswith(f"_lab{c.variant.split('_lab')[1].split('s')[0]}s{c.seed}") for c in cells)
+    teacher = w.planned_spec(w.teacher_metrics("cifar10", "ResNet50", "MLL_lab500s2"))
+    assert teacher.STAGE == "teacher" and teacher.labelled.count == 500 and teacher.labelled.seed == 2
+    assert teacher.recipe == w.recipe("cifar10", "teacher", "ResNet50")
+    mcmi = w.planned_spec(w.teacher_metrics("cifar10", "ResNet50", "MCMI_lam0.25_lab500s2"))
+    assert mcmi.STAGE == "mcmi" and mcmi.lam == 0.25 and mcmi.labelled == teacher.labelled
+    assert mcmi.teacher_checkpoint == w.teacher_model("cifar10", "ResNet50", "MLL_lab500s2")
+    assert mcmi.run == {"dataset": "cifar10", "teacher": "ResNet50", "variant": "MCMI", "lam": 0.25,
+                        "labeled_count": 500, "labeled_seed": 2}
+    student = w.student_spec("cifar10", "ResNet50", "ResNet18", "SemiKD", "MCMI_lam0.25_lab500s2", "full", 2)
+    assert student.hparams["labeled_count"] == 500 and student.hparams["labeled_seed"] == 2
+    assert student.teacher_checkpoint == w.teacher_model("cifar10", "ResNet50", "MCMI_lam0.25_lab500s2")
+    assert student.few_shot is None                                  # the student sees every image
+    assert "labelled" not in w.teacher_spec("cifar10", "ResNet50", "MLL").to_dict()   # other teachers unchanged
+
+
+def test_figure9_key_errors():
+    config = load("config/test.yaml")
+    config["experiments"]["figure9"]["labels"] = [20, 5]
+    with pytest.raises(ConfigError, match=r"experiments\.figure9\.labels\[1\]: 5 labelled images cannot hold"):
+        plan(config)
+    config["experiments"]["figure9"]["labels"] = [500]
+    with pytest.raises(ConfigError, match=r"experiments\.figure9\.labels\[0\]: 500 is more than the 120"):
+        plan(config)
+    config["experiments"]["figure9"] = {"dataset": "digits", "method": "SemiSupervisedKD"}
+    with pytest.raises(ConfigError, match=r"experiments\.figure9\.method: 'SemiSupervisedKD' has no entry"):
+        plan(config)

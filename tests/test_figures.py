@@ -166,7 +166,7 @@ def test_figure8_grid_of_pairs_and_student_temperatures(tmp_path: Path, monkeypa
 
     def keep(fig, out_prefix, **options):
         drawn["titles"] = [ax.get_title() for ax in fig.axes]
-        drawn["lines"] = {ax.get_title(): [list(line.get_ydata()) for line in ax.get_lines()] for ax in fig.axes}
+        drawn["lines"] = {ax.get_title(): [list(line.get_ydata()) for line in ax.get_lines() if line.get_marker() == "o"] for ax in fig.axes}
         drawn["text"] = " ".join(t.get_text() for t in fig.texts)
         save(fig, out_prefix, **options)
 
@@ -199,7 +199,7 @@ def test_figure5_teacher_size_panels(tmp_path: Path, monkeypatch) -> None:
 
     def keep(fig, out_prefix, **options):
         drawn["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-        drawn["lines"] = [[list(line.get_ydata()) for line in ax.get_lines()] for ax in fig.axes]
+        drawn["lines"] = [[list(line.get_ydata()) for line in ax.get_lines() if line.get_marker() == "o"] for ax in fig.axes]
         save(fig, out_prefix, **options)
 
     monkeypatch.setattr(mcmi.report.figures.common, "save", keep)
@@ -256,3 +256,33 @@ def test_figure7_teacher_cmi_entropy_and_students(tmp_path: Path, monkeypatch) -
     assert "vgg13 → MobileNetV2, MLL teacher: Table 1's KD cell (the same job): ours 67.50 ± 0.71 (n = 2); " \
            "paper (Table 1) 67.37" in drawn["text"]
     assert "MCMI teacher: Table 1's KD cell (the same job): ours 69.50 ± 0.71 (n = 2); paper (Table 1) 69.14" in drawn["text"]
+
+
+def test_figure9_students_and_teachers_against_the_number_of_labels(tmp_path: Path, monkeypatch) -> None:
+    drawn: dict = {}
+    save = mcmi.report.figures.common.save
+
+    def keep(fig, out_prefix, **options):
+        drawn["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        drawn["lines"] = [[list(line.get_ydata()) for line in ax.get_lines() if line.get_marker() == "o"] for ax in fig.axes]
+        save(fig, out_prefix, **options)
+
+    monkeypatch.setattr(mcmi.report.figures.common, "save", keep)
+    paths = []
+    for count in (4000, 500):                       # any order: the x-axis is sorted
+        for seed in (0, 1):
+            for k, (variant, extra) in enumerate((("MLL", {}), ("MCMI", {"lam": 0.25}))):
+                run = {"dataset": "cifar10", "teacher": "ResNet50", "variant": variant, "labeled_count": count,
+                       "labeled_seed": seed, **extra}
+                paths.append(write_metrics(tmp_path, f"t{count}{seed}{variant}",
+                                           {"stage": "mcmi" if k else "teacher", **run},
+                                           {"test_acc": 50.0 + count / 200 + k}))
+                paths.append(write_metrics(tmp_path, f"s{count}{seed}{variant}",
+                                           {"stage": "student", "student": "ResNet18", "method": "SemiKD",
+                                            "seed": seed, **run}, {"test_acc": 40.0 + count / 100 + k + seed}))
+    make_figure(9, paths, str(tmp_path / "figure9"))
+    assert_written(tmp_path / "figure9")
+    assert drawn["ticks"] == ["500", "4,000"]
+    students, teachers = drawn["lines"][0], drawn["lines"][1]
+    assert students[0] == [45.5, 80.5] and students[-1] == [46.5, 81.5]      # MLL, MCMI: mean over seeds 0, 1
+    assert teachers[0] == [52.5, 70.0] and teachers[-1] == [53.5, 71.0]
