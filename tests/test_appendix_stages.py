@@ -108,3 +108,34 @@ def test_a_teacher_of_a_labelled_subset_sees_only_those_images(tmp_path, monkeyp
     for labels, test_size in seen:
         assert torch.equal(labels, expected) and test_size == len(test)
         assert torch.bincount(labels, minlength=10).tolist() == [2] * 10
+
+
+def test_the_embedding_stage_maps_each_output_vector_to_a_point(tmp_path):
+    """One 2-D point per test image, in the test set's order with its label; deterministic for a seed;
+    'probs' and 'logits' embed different vectors; the split's accuracy and CMI beside them."""
+    mll = _teacher(tmp_path)
+    results = {}
+    for name, extra in (("a", {}), ("b", {}), ("c", {"input": "logits"})):
+        spec = _job(tmp_path, f"tsne_{name}", "embedding", model="resnet8", checkpoint=mll, perplexity=5.0, **extra)
+        spec.pop("resume")
+        spec["run"]["variant"] = "MLL"
+        run_stage(spec)
+        results[name] = _metrics(spec["out_metrics"])
+    _, test = load_dataset(DIGITS)
+    final = results["a"]["final"]
+    assert final["n_points"] == len(test) == 40 and final["labels"] == test.labels.tolist()
+    assert len(final["points"]) == 40 and all(len(p) == 2 for p in final["points"])
+    assert final["points"] == results["b"]["final"]["points"]                  # same seed, same map
+    assert final["points"] != results["c"]["final"]["points"] and results["c"]["final"]["input"] == "logits"
+    assert 0 <= final["split_acc"] <= 100 and final["split_cmi"] >= 0 and final["split_ll"] <= 0
+    assert results["a"]["provenance"]["identity"]["inputs"]["checkpoint"] == file_digest(mll)
+
+
+def test_the_embedding_stage_refuses_bad_settings_before_any_work(tmp_path):
+    spec = _job(tmp_path, "tsne", "embedding", model="resnet8", checkpoint=str(tmp_path / "none.pt"), input="softmax")
+    with pytest.raises(ValueError, match=r"embedding input must be one of \['probs', 'logits'\], got 'softmax'"):
+        run_stage(spec)
+    mll = _teacher(tmp_path)
+    spec = _job(tmp_path, "tsne", "embedding", model="resnet8", checkpoint=mll, perplexity=40.0)
+    with pytest.raises(ValueError, match=r"perplexity must be in \(0, 40\)"):
+        run_stage(spec)

@@ -216,3 +216,27 @@ def test_figure9_key_errors():
     config["experiments"]["figure9"] = {"dataset": "digits", "method": "SemiSupervisedKD"}
     with pytest.raises(ConfigError, match=r"experiments\.figure9\.method: 'SemiSupervisedKD' has no entry"):
         plan(config)
+
+
+# ---------------------------------------------------------------- Figure 6: t-SNE
+def test_figure6_declares_its_tsne_jobs_on_the_shared_teachers():
+    """Two t-SNE jobs (the experiment's own stage, its settings from its block) on the MLL teacher and the
+    λ-grid teacher at 0.25 that Figure 4's and Table 6's plans already train; the rule's spec, the planned
+    spec of the file and its rule name come from the declaration."""
+    w = plan(load("config/config.yaml"))
+    inputs = w.target_inputs("figure6")
+    assert inputs == [f"results/cifar10/analysis/resnet56/{v}/tsne.json" for v in ("MLL", "MCMI_lam0.25")]
+    spec = w.declared_spec(inputs[1])
+    assert spec.STAGE == "embedding" and (spec.input, spec.perplexity, spec.seed, spec.split) == ("probs", 15.0, 0, "test")
+    assert spec.checkpoint == w.teacher_model("cifar10", "resnet56", "MCMI_lam0.25") and spec.resume is None
+    assert w.planned_spec(inputs[1]) == spec and w.rule_of(inputs[1]) == "embedding"
+    assert 0.25 in w.config["mcmi"]["lambda_grid"]["cifar10"]       # the grid's fine-tune, one job
+    with pytest.raises(ConfigError, match=r"no configured experiment plans a job writing .*/resnet20/MLL/tsne\.json"):
+        w.declared_spec("results/cifar10/analysis/resnet20/MLL/tsne.json")
+    config = load("config/config.yaml")
+    config["experiments"]["figure6"]["input"] = "logits"
+    changed = plan(config).declared_spec(inputs[1])
+    assert changed.input == "logits" and changed.fingerprint() != spec.fingerprint()
+    config["experiments"]["figure6"]["input"] = "softmax"
+    with pytest.raises(ConfigError, match=r"config experiments\.figure6\.input"):
+        plan(config)

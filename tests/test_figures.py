@@ -286,3 +286,31 @@ def test_figure9_students_and_teachers_against_the_number_of_labels(tmp_path: Pa
     students, teachers = drawn["lines"][0], drawn["lines"][1]
     assert students[0] == [45.5, 80.5] and students[-1] == [46.5, 81.5]      # MLL, MCMI: mean over seeds 0, 1
     assert teachers[0] == [52.5, 70.0] and teachers[-1] == [53.5, 71.0]
+
+
+def test_figure6_two_embeddings_side_by_side(tmp_path: Path, monkeypatch) -> None:
+    drawn: dict = {}
+    save = mcmi.report.figures.common.save
+
+    def keep(fig, out_prefix, **options):
+        drawn["titles"] = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        drawn["points"] = [len(ax.collections[0].get_offsets()) for ax in fig.axes if ax.get_title()]
+        save(fig, out_prefix, **options)
+
+    monkeypatch.setattr(mcmi.report.figures.common, "save", keep)
+    paths = []
+    for k, (variant, extra) in enumerate((("MCMI", {"lam": 0.25}), ("MLL", {}))):
+        points = [[float(i), float(i % 7) + k] for i in range(30)]
+        paths.append(write_metrics(tmp_path, variant, {"stage": "embedding", "dataset": "cifar10", "teacher": "resnet56",
+                                                       "variant": variant, "split": "test", **extra},
+                                   {"points": points, "labels": [i % 10 for i in range(30)], "split": "test",
+                                    "input": "probs", "perplexity": 15, "init": "pca", "n_points": 30,
+                                    "split_acc": 90.0 + k, "split_cmi": 0.1 + 0.3 * (1 - k), "split_ll": -0.2}))
+    make_figure(6, paths, str(tmp_path / "figure6"))
+    assert_written(tmp_path / "figure6")
+    assert drawn["titles"] == ["resnet56 MLL: CMI 0.1000, acc 91.00 %", "resnet56 MCMI (λ = 0.25): CMI 0.4000, acc 90.00 %"]
+    assert drawn["points"] == [30, 30]
+    bad = write_metrics(tmp_path, "bad", {"stage": "embedding", "teacher": "resnet56", "variant": "MLL"},
+                        {"points": [[0.0, 1.0]], "labels": [1, 2], "split_cmi": 0.1, "split_acc": 50.0})
+    with pytest.raises(ValueError, match=r"bad\.json: final\.points must hold one \(x, y\) per label"):
+        make_figure(6, [bad], str(tmp_path / "bad"))

@@ -17,8 +17,8 @@ from mcmi.distill import Distillation, PairContext, SharedTeacher, build_method,
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, HeadsSpec, ImportSpec, JobSpec, Labelled, MCMISpec,
-                                 MeasureSpec, RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec,
+from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, EmbeddingSpec, HeadsSpec, ImportSpec, JobSpec, Labelled,
+                                 MCMISpec, MeasureSpec, RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec,
                                  TeacherSpec, TrainingJob, parse_spec)
 from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
 from mcmi.provenance import (code_fingerprint, link_or_copy, now, provenance, read_json_strict,
@@ -409,3 +409,41 @@ def train_hsakd_heads(spec: HeadsSpec) -> dict[str, Any]:
     return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"], "train_loss": history[-1]["train_loss"],
                                          "heads": objective.heads.kind}, history, device, identity,
                    outputs={"model": spec.out_model})
+
+
+# ------------------------------------------------------------------ the appendix experiments' own stages
+@torch.no_grad()
+def _outputs(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32) and labels of ``model`` over ``data`` in eval mode, without augmentation, on the CPU."""
+    model.eval()
+    logits, labels = [], []
+    for batch in data.batches(batch_size, device=device):
+        logits.append(model(batch.x).float().cpu())
+        labels.append(batch.y.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+@stage(EmbeddingSpec)
+def embed_outputs(spec: EmbeddingSpec) -> dict[str, Any]:
+    """A 2-D t-SNE (scikit-learn) of a teacher's output vectors on one split (Figure 6), with the split's
+    accuracy, CMI and LL beside it (which network is the low- and which the high-CMI one)."""
+    from mcmi.analysis.embedding import EMBEDDING_INPUTS, tsne_of_outputs
+    from mcmi.cmi import cmi_and_ll
+
+    for name, value, allowed in (("split", spec.split, ("test", "train")), ("input", spec.input, EMBEDDING_INPUTS),
+                                 ("init", spec.init, ("pca", "random"))):
+        if value not in allowed:
+            raise ValueError(f"embedding {name} must be one of {list(allowed)}, got {value!r}")
+    device, train, test, identity = _setup(spec)
+    data = test if spec.split == "test" else train
+    model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
+    logits, labels = _outputs(model, data, 256, device)
+    points = tsne_of_outputs(logits, input=spec.input, perplexity=float(spec.perplexity), seed=int(spec.seed),
+                             init=spec.init)
+    cmi, ll = cmi_and_ll(torch.softmax(logits.double(), dim=1), labels, train.num_classes)
+    final = {"split": spec.split, "input": spec.input, "perplexity": float(spec.perplexity), "init": spec.init,
+             "n_points": len(labels), "split_acc": 100.0 * float((logits.argmax(dim=1) == labels).double().mean()),
+             "split_cmi": float(cmi), "split_ll": float(ll),
+             "points": [[round(float(x), 4), round(float(y), 4)] for x, y in points], "labels": labels.tolist()}
+    return _finish(spec, "embedding", final, [], device, identity, {"split": spec.split})

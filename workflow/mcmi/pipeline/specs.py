@@ -250,6 +250,20 @@ class MeasureSpec(TrainingJob):
 
 
 @dataclass(frozen=True, kw_only=True)
+class EmbeddingSpec(TrainingJob):
+    """A 2-D t-SNE of a teacher's output vectors on one split (Figure 6); ``seed`` is t-SNE's random state."""
+
+    STAGE: ClassVar[str] = "embedding"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    model: str
+    checkpoint: str
+    split: str = "test"              # test | train
+    input: str = "probs"             # probs (the paper) | logits (the authors' TSNE.py)
+    perplexity: float = 15.0
+    init: str = "pca"                # scikit-learn's default since 1.2 | random (its default before)
+
+
+@dataclass(frozen=True, kw_only=True)
 class HeadsSpec(TrainingJob):
     """HSAKD's first stage: the teacher's auxiliary heads on its frozen backbone."""
 
@@ -325,8 +339,8 @@ class SyntheticSpec(JobSpec):
 
 
 SPEC_TYPES: dict[str, type[JobSpec]] = {cls.STAGE: cls for cls in (
-    DataSpec, TeacherSpec, ImportSpec, MCMISpec, RegularizedSpec, MeasureSpec, HeadsSpec, StudentSpec,
-    StudentGroupSpec, SyntheticSpec)}
+    DataSpec, TeacherSpec, ImportSpec, MCMISpec, RegularizedSpec, MeasureSpec, EmbeddingSpec, HeadsSpec,
+    StudentSpec, StudentGroupSpec, SyntheticSpec)}
 
 
 def parse_spec(data: SpecDict | str | JobSpec) -> JobSpec:

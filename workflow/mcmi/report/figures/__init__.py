@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mcmi.report.figures import figure1, figure2, figure4, figure5, figure7, figure8, figure9
+from mcmi.report.figures import figure1, figure2, figure4, figure5, figure6, figure7, figure8, figure9
 from mcmi.report.figures.figure2 import lr_decay_epochs
 from mcmi.report.figures.figure4 import row_normalise
 from mcmi.report.records import load_metrics, tag_foreign_dataset
@@ -14,7 +14,7 @@ from mcmi.report.spec import FigureSpec, Registry
 PAPER_DIR = Path(__file__).resolve().parents[4] / "config" / "paper"   # this repository's published numbers
 
 FIGURES: Registry[FigureSpec] = Registry(
-    "figure", sorted([figure1.FIGURE, figure2.FIGURE, figure4.FIGURE, figure5.FIGURE, figure7.FIGURE, figure8.FIGURE,
+    "figure", sorted([figure1.FIGURE, figure2.FIGURE, figure4.FIGURE, figure5.FIGURE, figure6.FIGURE, figure7.FIGURE, figure8.FIGURE,
             figure9.FIGURE], key=lambda spec: spec.id),
     normalise=int)
 
