@@ -139,3 +139,59 @@ def test_the_embedding_stage_refuses_bad_settings_before_any_work(tmp_path):
     spec = _job(tmp_path, "tsne", "embedding", model="resnet8", checkpoint=mll, perplexity=40.0)
     with pytest.raises(ValueError, match=r"perplexity must be in \(0, 40\)"):
         run_stage(spec)
+
+
+def _imagefolder(tmp_path: Path) -> dict:
+    from mcmi.data.sources import write_demo_image_folder
+
+    root = tmp_path / "folder"
+    write_demo_image_folder(root, per_class=4, image_size=16)
+    return {"kind": "demo_imagefolder", "root": str(root), "image_size": 16, "per_class": 4}
+
+
+def _random_checkpoint(tmp_path: Path, model: str, classes: int, sharpen: float = 1.0) -> str:
+    """A randomly initialised zoo model in RepDistiller's layout; ``sharpen`` scales its classifier, so that
+    its outputs are far from uniform (a CMI well above float32's rounding)."""
+    torch.manual_seed(0)
+    net = create_model(model, classes)
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if name.startswith("fc."):
+                parameter.mul_(sharpen)
+    path = tmp_path / f"{model}.pt"
+    torch.save({"model": net.state_dict()}, path)
+    return str(path)
+
+
+def test_per_class_cmi_of_the_mapped_folders_against_a_direct_computation(tmp_path):
+    """Folders n00000001 and n00000003 play goldfish and toy terrier: each class's CMI is the mean KL of its
+    training images' outputs to their own mean, computed here by hand; the label and image count are kept."""
+    dataset = _imagefolder(tmp_path)
+    checkpoint = _random_checkpoint(tmp_path, "resnet18", 10, sharpen=30.0)
+    spec = {"stage": "class_cmi", "dataset": dataset, "seed": 0, "device": "cpu", "model": "resnet18",
+            "checkpoint": checkpoint, "out_metrics": str(tmp_path / "classes.json"),
+            "classes": [{"class": "goldfish", "folder": "n00000001"}, {"class": "toy_terrier", "folder": "n00000003"}],
+            "run": {"dataset": "demo_imagenet", "teacher": "resnet18", "variant": "MLL"}}
+    run_stage(spec)
+    found = {c["class"]: c for c in _metrics(spec["out_metrics"])["final"]["classes"]}
+    train, _ = load_dataset(dataset)
+    model = create_model("resnet18", 10)
+    load_repdistiller_checkpoint(model, checkpoint)
+    model.eval()
+    for key, label, index in (("goldfish", 1, 1), ("toy_terrier", 3, 158)):
+        images = train.subset((train.labels == label).nonzero().flatten())
+        with torch.no_grad():
+            probs = torch.cat([torch.softmax(model(b.x).float(), dim=1).double() for b in images.batches(8)])
+        centroid = probs.mean(dim=0)
+        expected = (torch.xlogy(probs, probs) - torch.xlogy(probs, centroid)).sum(dim=1).mean()   # 0 log 0 = 0
+        assert expected > 0.01 and found[key]["cmi"] == pytest.approx(float(expected), rel=1e-6)
+        assert (found[key]["label"], found[key]["images"], found[key]["imagenet_index"]) == (label, 4, index)
+
+
+def test_per_class_cmi_names_a_missing_folder(tmp_path):
+    dataset = _imagefolder(tmp_path)
+    spec = {"stage": "class_cmi", "dataset": dataset, "seed": 0, "device": "cpu", "model": "resnet18",
+            "checkpoint": _random_checkpoint(tmp_path, "resnet18", 10), "out_metrics": str(tmp_path / "c.json"),
+            "classes": [{"class": "goldfish", "folder": "n01443537"}]}
+    with pytest.raises(ValueError, match=r"class 'goldfish': no folder 'n01443537' under .*folder/train \(10 class"):
+        run_stage(spec)

@@ -240,3 +240,35 @@ def test_figure6_declares_its_tsne_jobs_on_the_shared_teachers():
     config["experiments"]["figure6"]["input"] = "softmax"
     with pytest.raises(ConfigError, match=r"config experiments\.figure6\.input"):
         plan(config)
+
+
+# ---------------------------------------------------------------- Table 8: per-class CMI
+def test_table8_declares_a_class_cmi_job_per_imagenet_teacher():
+    """The MLL and MCMI (λ*) resnet50 teachers of Table 2 (the same jobs), each measured on the four
+    classes' training images, the folders named by their WordNet ids; the demo maps four of its folders."""
+    w = plan(load("config/config.yaml"))
+    inputs = w.target_inputs("table8")
+    assert inputs == [f"results/imagenet/measure/resnet50/{v}/classes.json" for v in ("MLL", "MCMI")]
+    spec = w.declared_spec(inputs[1])
+    assert spec.STAGE == "class_cmi" and spec.split == "train" and spec.temperature == 1.0
+    assert spec.classes == [{"class": "goldfish", "folder": "n01443537"}, {"class": "bee_eater", "folder": "n01828970"},
+                            {"class": "toy_terrier", "folder": "n02087046"},
+                            {"class": "mountain_tent", "folder": "n03792972"}]
+    assert spec.checkpoint == w.teacher_model("imagenet", "resnet50", "MCMI") and w.rule_of(inputs[0]) == "class_cmi"
+    demo = plan(load("config/demo.yaml"))
+    assert [c["folder"] for c in demo.declared_spec(demo.target_inputs("table8")[0]).classes] == \
+        ["n00000001", "n00000002", "n00000003", "n00000004"]
+
+
+def test_table8_key_errors():
+    config = load("config/test.yaml")
+    config["experiments"]["table8"]["dataset"] = "digits"
+    with pytest.raises(ConfigError, match=r"experiments\.table8\.dataset: 'digits' is a digits dataset"):
+        plan(config)
+    config = load("config/test.yaml")
+    config["experiments"]["table8"]["folders"]["bee_eater"] = "n00000002"
+    with pytest.raises(ConfigError, match=r"experiments\.table8\.folders\.bee_eater: not one of"):
+        plan(config)
+    config["experiments"]["table8"]["folders"] = {"tench": "n00000000"}
+    with pytest.raises(ConfigError, match=r"config experiments\.table8\.folders"):
+        plan(config)

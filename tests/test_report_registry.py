@@ -38,7 +38,7 @@ def _help(kind: str, capsys: pytest.CaptureFixture) -> str:
 
 
 def test_ids_in_target_order() -> None:
-    assert TABLES.ids == ["1", "2", "3", "4", "5", "6", "7", "1x"]
+    assert TABLES.ids == ["1", "2", "3", "4", "5", "6", "7", "8", "1x"]
     assert FIGURES.ids == [1, 2, 4, 5, 6, 7, 8, 9]
     assert [spec.target for spec in all_targets()] == [*(f"table{n}" for n in TABLES.ids),
                                                       *(f"figure{n}" for n in FIGURES.ids)]
@@ -60,8 +60,8 @@ def test_an_unconfigured_experiment_has_no_target_and_its_inputs_name_the_key(te
     assert "table3" not in w.targets() and "figure2" not in w.targets() and "table4" in w.targets()
     with pytest.raises(ConfigError, match=r"experiments\.table3: not configured"):
         w.table_inputs(3)
-    with pytest.raises(ValueError, match=r"no table 8; known tables: \['1', '2', '3', '4', '5', '6', '7', '1x'\]"):
-        w.table_inputs(8)
+    with pytest.raises(ValueError, match=r"no table 9; known tables: \['1', '2', '3', '4', '5', '6', '7', '8', '1x'\]"):
+        w.table_inputs(9)
 
 
 def test_inputs_of_each_declaration_on_a_small_config(test_config: dict) -> None:
@@ -129,7 +129,7 @@ def test_a_new_declaration_reaches_the_cli_the_workflow_and_make_table(test_conf
     monkeypatch.setattr(mcmi.report, "TABLES", registry)
     monkeypatch.setattr(mcmi.report.tables, "TABLES", registry)
 
-    assert "table id: 1, 2, 3, 4, 5, 6, 7, 1x, 9" in _help("table", capsys)
+    assert "table id: 1, 2, 3, 4, 5, 6, 7, 8, 1x, 9" in _help("table", capsys)
     schema = yaml.safe_load(mcmi.pipeline.config.SCHEMA.read_text())    # its experiment block, in the schema
     schema["properties"]["experiments"]["properties"]["table9"] = {"type": "object"}
     (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
@@ -150,12 +150,12 @@ def test_a_new_declaration_reaches_the_cli_the_workflow_and_make_table(test_conf
 
 
 def test_unknown_ids_are_refused_naming_the_known_ones(tmp_path: Path, capsys) -> None:
-    assert main(["table", "8", "--out", str(tmp_path / "t")]) == 2
-    assert "no table 8; known tables: ['1', '2', '3', '4', '5', '6', '7', '1x']" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="no figure 3"):
-        mcmi.report.make_figure(3, [], str(tmp_path / "f"))
-    with pytest.raises(ValueError, match="no table 8"):
-        make_table(8, [], str(PAPER_DIR), str(tmp_path / "t"))
+    assert main(["table", "9", "--out", str(tmp_path / "t")]) == 2
+    assert "no table 9; known tables: ['1', '2', '3', '4', '5', '6', '7', '8', '1x']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no figure 14"):
+        mcmi.report.make_figure(14, [], str(tmp_path / "f"))
+    with pytest.raises(ValueError, match="no table 9"):
+        make_table(9, [], str(PAPER_DIR), str(tmp_path / "t"))
 
 
 # ------------------------------------------------------------------------------ the Snakemake report

@@ -30,14 +30,14 @@ def student(directory: Path, name: str, acc: float, seed: int = 0, **run: Any) -
     """A fake KD student run on resnet56 -> resnet20 unless overridden."""
     base = {"stage": "student", "dataset": "cifar100", "teacher": "resnet56", "student": "resnet20",
             "method": "KD", "variant": "MCMI", "seed": seed, "temperature": 4}
-    return write_metrics(directory, name, {**base, **run}, {"test_acc": acc, "test_top5": acc + 20})
+    return write_metrics(directory, name, {**base, **run}, {"test_acc": acc, "test_top5": min(acc + 20, 100.0)})
 
 
 def measure(directory: Path, name: str, acc: float, cmi: float, ll: float, **run: Any) -> str:
     """A fake teacher measurement at T = 1."""
     base = {"stage": "measure", "dataset": "cifar100", "teacher": "resnet56", "variant": "MLL", "temperature": 1}
     return write_metrics(directory, name, {**base, **run},
-                         {"test_acc": acc, "train_cmi": cmi, "train_ll": ll, "test_top5": acc + 15})
+                         {"test_acc": acc, "train_cmi": cmi, "train_ll": ll, "test_top5": min(acc + 15, 100.0)})
 
 
 def cell(df: pd.DataFrame, **keys: Any) -> pd.Series:
@@ -481,3 +481,34 @@ def test_table5_summary_per_preset_pairs_students_by_seed(tmp_path: Path) -> Non
     summary = (tmp_path / "table5.md").read_text().split("\n\n")[2]
     assert summary.startswith("- **MCMI − MLL teacher** (Acc (%), as_written): MCMI teacher better in 1 of 1 cell")
     assert "- **MCMI − MLL teacher** (Pdist, as_written): MCMI teacher better in 1 of 1 cell" in summary   # lower
+
+
+# ------------------------------------------------------------------------------ Table 8: per-class CMI
+def _class_cmi(directory: Path, name: str, dataset: str, variant: str, values: dict[str, float]) -> str:
+    names = {"goldfish": "goldfish", "bee_eater": "bee eater", "toy_terrier": "toy terrier",
+             "mountain_tent": "mountain tent"}
+    classes = [{"class": key, "name": names[key], "images": 1300, "cmi": value} for key, value in values.items()]
+    return write_metrics(directory, name, {"stage": "class_cmi", "dataset": dataset, "teacher": "resnet50",
+                                           "variant": variant}, {"split": "train", "classes": classes})
+
+
+def test_table8_per_class_cmi_beside_the_paper_with_mcmi_minus_mll(tmp_path: Path) -> None:
+    """ImageNet runs sit beside the paper's four classes (goldfish 0.2896 MLL, 0.4173 MCMI), MCMI − MLL per
+    class; a demo run's classes carry their dataset and are never matched."""
+    paths = [_class_cmi(tmp_path, "mll", "imagenet", "MLL", {"goldfish": 0.3, "toy_terrier": 0.4}),
+             _class_cmi(tmp_path, "mcmi", "imagenet", "MCMI", {"goldfish": 0.5, "toy_terrier": 0.35}),
+             _class_cmi(tmp_path, "demo", "demo_imagenet", "MLL", {"goldfish": 0.7})]
+    df = build_table(8, paths, PAPER_DIR)
+    goldfish = cell(df, **{"class": "goldfish", "variant": "MLL"})
+    assert (goldfish["paper"], goldfish["ours_mean"], goldfish["status"]) == (0.2896, 0.3, OK)
+    gain = cell(df, **{"class": "goldfish", "variant": GAIN})
+    assert gain["ours_mean"] == pytest.approx(0.2) and gain["paper"] == pytest.approx(0.4173 - 0.2896)
+    assert cell(df, **{"class": "toy terrier", "variant": GAIN})["ours_mean"] == pytest.approx(-0.05)
+    assert cell(df, **{"class": "bee eater", "variant": "MCMI"})["status"] == NOT_RUN
+    demo = cell(df, **{"class": "goldfish [demo_imagenet]", "variant": "MLL"})
+    assert demo["status"] == NO_PAPER and math.isnan(demo["paper"])
+    make_table(8, paths, PAPER_DIR, tmp_path / "table8")
+    md = (tmp_path / "table8.md").read_text()
+    assert md.startswith("# Table 8") and "**MCMI − MLL** (CMI (nats)): MCMI better in 1 of 2 cells of ours" in md
+    assert md.index("## ImageNet") < md.index("## demo_imagenet (not ImageNet: never matched to the paper)")
+    assert "| goldfish | 0.3000 (1) | 0.2896 | +0.0104 |" in md

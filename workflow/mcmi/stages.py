@@ -17,7 +17,7 @@ from mcmi.distill import Distillation, PairContext, SharedTeacher, build_method,
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, EmbeddingSpec, HeadsSpec, ImportSpec, JobSpec, Labelled,
+from mcmi.pipeline.specs import (SHARED_BY_GROUP, ClassCMISpec, DataSpec, EmbeddingSpec, HeadsSpec, ImportSpec, JobSpec, Labelled,
                                  MCMISpec, MeasureSpec, RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec,
                                  TeacherSpec, TrainingJob, parse_spec)
 from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
@@ -447,3 +447,35 @@ def embed_outputs(spec: EmbeddingSpec) -> dict[str, Any]:
              "split_cmi": float(cmi), "split_ll": float(ll),
              "points": [[round(float(x), 4), round(float(y), 4)] for x, y in points], "labels": labels.tolist()}
     return _finish(spec, "embedding", final, [], device, identity, {"split": spec.split})
+
+
+def _split(spec: Any, train: Any, test: Any) -> Any:
+    """The split a job reads: the training set for ``split: train``, else the validation (test) split."""
+    return train if spec.split == "train" else test
+
+
+@stage(ClassCMISpec)
+def class_cmi(spec: ClassCMISpec) -> dict[str, Any]:
+    """CMI(f; Y = y) = mean over class y's images of KL(P_x || Q_y) for a few classes (Table 8), each
+    class's centroid Q_y from its own images (cmi.per_class_cmi), at the spec's temperature, eval mode."""
+    from mcmi.cmi import collect_probs, per_class_cmi
+    from mcmi.data import imagenet_classes
+
+    if spec.split not in ("train", "val"):
+        raise ValueError(f"class_cmi split must be 'train' or 'val', got {spec.split!r}")
+    classes = imagenet_classes.resolve(spec.dataset, spec.classes)
+    device, train, test, identity = _setup(spec)
+    data = _split(spec, train, test)
+    wanted = torch.tensor([c["label"] for c in classes])
+    subset = data.subset(torch.isin(data.labels, wanted).nonzero().flatten())
+    model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
+    model.eval()
+    probs, labels = collect_probs(model, subset.batches(256, device=device), float(spec.temperature))
+    values = per_class_cmi(probs, labels, train.num_classes)
+    counts = torch.bincount(labels, minlength=train.num_classes)
+    for c in classes:
+        if int(counts[c["label"]]) == 0:
+            raise ValueError(f"class {c['name']!r}: folder {c['folder']} has no {spec.split} images")
+    final = {"split": spec.split, "temperature": float(spec.temperature),
+             "classes": [{**c, "images": int(counts[c["label"]]), "cmi": float(values[c["label"]])} for c in classes]}
+    return _finish(spec, "class_cmi", final, [], device, identity, {"split": spec.split})

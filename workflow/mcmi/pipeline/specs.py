@@ -264,6 +264,20 @@ class EmbeddingSpec(TrainingJob):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClassCMISpec(TrainingJob):
+    """CMI(f; Y = y) of a teacher for each of a few classes, over those classes' images of one split
+    (Table 8); ``classes``: [{"class": goldfish|bee_eater|toy_terrier|mountain_tent, "folder": ...}]."""
+
+    STAGE: ClassVar[str] = "class_cmi"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    model: str
+    checkpoint: str
+    classes: list[SpecDict]
+    split: str = "train"             # train | val
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class HeadsSpec(TrainingJob):
     """HSAKD's first stage: the teacher's auxiliary heads on its frozen backbone."""
 
@@ -339,7 +353,7 @@ class SyntheticSpec(JobSpec):
 
 
 SPEC_TYPES: dict[str, type[JobSpec]] = {cls.STAGE: cls for cls in (
-    DataSpec, TeacherSpec, ImportSpec, MCMISpec, RegularizedSpec, MeasureSpec, EmbeddingSpec, HeadsSpec,
+    DataSpec, TeacherSpec, ImportSpec, MCMISpec, RegularizedSpec, MeasureSpec, ClassCMISpec, EmbeddingSpec, HeadsSpec,
     StudentSpec, StudentGroupSpec, SyntheticSpec)}
 
 

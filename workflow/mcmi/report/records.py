@@ -103,7 +103,7 @@ def _ranges(block: Any, where: str) -> list[str]:
 
 _RESULTS_TREE = Paths("")
 _PLACES = ("student_metrics", "vanilla_metrics", "teacher_metrics", "measure", "hsakd_heads_metrics", "synthetic",
-           "embedding")
+           "embedding", "class_cmi")
 
 
 def expected_run(path: str) -> dict[str, Any]:
