@@ -272,3 +272,13 @@ def test_table8_key_errors():
     config["experiments"]["table8"]["folders"] = {"tench": "n00000000"}
     with pytest.raises(ConfigError, match=r"config experiments\.table8\.folders"):
         plan(config)
+
+
+def test_an_experiment_whose_own_job_reads_the_lambda_star_teacher_plans_its_selection():
+    """With Table 8 alone, the MCMI teacher it measures is still chosen from the λ grid by KD students
+    (mcmi.lambda_selection.mode: select): those students are planned."""
+    config = load("config/config.yaml")
+    config["experiments"] = {"table8": config["experiments"]["table8"]}
+    w = plan(config)
+    selection = {(c.teacher, c.student, c.variant) for c in w.student_cells()}
+    assert selection == {("resnet50", "mobilenet_v2", f"MCMI_lam{lam:g}") for lam in (0.05, 0.1, 0.15, 0.2, 0.3)}

@@ -336,6 +336,11 @@ class WorkflowConfig:
                 if found and found["variant"] == MCMI:
                     mcmi_teachers.add((found["dataset"], found["teacher"]))
         mcmi_teachers |= {(c.ds, c.teacher) for c in cells if c.variant == MCMI}
+        for job in self.declared_jobs().values():          # an experiment's own job reading the lambda* teacher
+            for read in job.input_files().values():
+                found = self.paths.parse("teacher_model", read)
+                if found and found["variant"] == MCMI:
+                    mcmi_teachers.add((found["dataset"], found["teacher"]))
         if self.selection_mode() == "paper":      # refused here, while planning, not by an input function
             for ds, teacher in sorted(mcmi_teachers):
                 self.paper_lambda_star(ds, teacher)
