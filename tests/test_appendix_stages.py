@@ -153,6 +153,7 @@ def _random_checkpoint(tmp_path: Path, model: str, classes: int, sharpen: float 
     """A randomly initialised zoo model in RepDistiller's layout; ``sharpen`` scales its classifier, so that
     its outputs are far from uniform (a CMI well above float32's rounding)."""
     torch.manual_seed(0)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     net = create_model(model, classes)
     with torch.no_grad():
         for name, parameter in net.named_parameters():
@@ -194,4 +195,60 @@ def test_per_class_cmi_names_a_missing_folder(tmp_path):
             "checkpoint": _random_checkpoint(tmp_path, "resnet18", 10), "out_metrics": str(tmp_path / "c.json"),
             "classes": [{"class": "goldfish", "folder": "n01443537"}]}
     with pytest.raises(ValueError, match=r"class 'goldfish': no folder 'n01443537' under .*folder/train \(10 class"):
+        run_stage(spec)
+
+
+def _cam_spec(tmp_path: Path, dataset: dict, checkpoint: str, name: str, images: int, variant: str = "MLL") -> dict:
+    folder = tmp_path / name
+    classes = [{"class": key, "folder": f"n0000000{i + 1}"}
+               for i, key in enumerate(("goldfish", "bee_eater", "toy_terrier", "mountain_tent"))]
+    return {"stage": "eigen_cam", "dataset": dataset, "seed": 0, "device": "cpu", "model": "resnet18",
+            "checkpoint": checkpoint, "out_metrics": str(folder / "eigen_cam.json"),
+            "out_maps": str(folder / "eigen_cam.npz"), "classes": classes, "images": images, "image_size": 64,
+            "run": {"dataset": "demo_imagenet", "teacher": "resnet18", "variant": variant}}
+
+
+def test_eigen_cam_stage_writes_maps_of_seeded_nested_draws_and_the_figures_read_them(tmp_path):
+    """Per class: the images drawn by seed and class alone (a draw of 2 is the first 2 of a draw of 3, the
+    same for another checkpoint), their maps in [0, 1] at the image size and the images as shown, in an .npz
+    whose digest the metrics record; Figures 3 and 13 are drawn from two such runs."""
+    import numpy as np
+
+    from mcmi.report import make_figure
+
+    dataset = _imagefolder(tmp_path)
+    mll = _random_checkpoint(tmp_path, "resnet18", 10)
+    runs = {}
+    for name, images, checkpoint, variant in (("mll", 3, mll, "MLL"), ("small", 2, mll, "MLL"),
+                                              ("mcmi", 3, _random_checkpoint(tmp_path / "x", "resnet18", 10, 3.0),
+                                               "MCMI")):
+        spec = _cam_spec(tmp_path, dataset, checkpoint, name, images, variant)
+        run_stage(spec)
+        runs[name] = (spec, _metrics(spec["out_metrics"]))
+    spec, metrics = runs["mll"]
+    classes = {c["class"]: c for c in metrics["final"]["classes"]}
+    assert classes["toy_terrier"]["imagenet_index"] == 158 and classes["toy_terrier"]["label"] == 3
+    small = {c["class"]: c for c in runs["small"][1]["final"]["classes"]}
+    other = {c["class"]: c for c in runs["mcmi"][1]["final"]["classes"]}
+    for key, entry in classes.items():
+        assert small[key]["indices"] == entry["indices"][:2] and other[key]["indices"] == entry["indices"]
+        assert len(set(entry["indices"])) == 3
+    assert metrics["provenance"]["outputs"]["maps"] == file_digest(spec["out_maps"])
+    with np.load(spec["out_maps"]) as data:
+        images, maps = data["images_toy_terrier"], data["maps_toy_terrier"].astype(np.float32)
+    assert images.shape == (3, 64, 64, 3) and images.dtype == np.uint8
+    assert maps.shape == (3, 64, 64) and maps.min() >= 0 and maps.max() <= 1 and maps.max() > 0.5
+    paths = [runs["mll"][0]["out_metrics"], runs["mcmi"][0]["out_metrics"]]
+    for n in (3, 13):
+        make_figure(n, paths, str(tmp_path / f"figure{n}"))
+        assert (tmp_path / f"figure{n}.png").stat().st_size > 1000
+    Path(spec["out_maps"]).write_bytes(b"replaced")
+    with pytest.raises(ValueError, match=r"its maps file .*eigen_cam\.npz is not the one it recorded"):
+        make_figure(13, paths, str(tmp_path / "again"))
+
+
+def test_eigen_cam_refuses_a_model_without_a_target_layer_and_too_few_images(tmp_path):
+    dataset = _imagefolder(tmp_path)
+    spec = _cam_spec(tmp_path, dataset, _random_checkpoint(tmp_path, "resnet18", 10), "many", images=5)
+    with pytest.raises(ValueError, match=r"class 'goldfish': folder n00000001 has 4 val images, 5 are asked for"):
         run_stage(spec)

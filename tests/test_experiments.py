@@ -5,6 +5,7 @@ experiment trains is never planned twice), and the config errors naming their ke
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,34 @@ def test_an_experiment_whose_own_job_reads_the_lambda_star_teacher_plans_its_sel
     w = plan(config)
     selection = {(c.teacher, c.student, c.variant) for c in w.student_cells()}
     assert selection == {("resnet50", "mobilenet_v2", f"MCMI_lam{lam:g}") for lam in (0.05, 0.1, 0.15, 0.2, 0.3)}
+
+
+# ---------------------------------------------------------------- Figures 3, 10-13: Eigen-CAM
+def test_the_eigen_cam_figures_share_one_experiment_and_two_jobs():
+    """Five targets from one block (experiments.eigen_cam): each plans the same two Eigen-CAM jobs, on the
+    MLL and MCMI (λ*) resnet50 teachers of Table 2, 24 images of each of the four classes."""
+    w = plan(load("config/config.yaml"))
+    targets = [f"figure{n}" for n in (3, 10, 11, 12, 13)]
+    assert all(t in w.targets() for t in targets)
+    inputs = {t: w.target_inputs(t) for t in targets}
+    assert all(paths == inputs["figure3"] for paths in inputs.values())
+    assert inputs["figure3"] == [f"results/imagenet/analysis/resnet50/{v}/eigen_cam.json" for v in ("MLL", "MCMI")]
+    spec = w.declared_spec(inputs["figure3"][1])
+    assert spec.STAGE == "eigen_cam" and spec.images == 24 and spec.split == "val" and spec.image_size is None
+    assert spec.out_maps.endswith("MCMI/eigen_cam.npz") and [c["class"] for c in spec.classes] == \
+        ["goldfish", "bee_eater", "toy_terrier", "mountain_tent"]
+    moved = dataclasses.replace(spec, out_maps="elsewhere.npz")
+    assert moved.fingerprint() == spec.fingerprint()          # where the maps go is not what they are
+    config = without(load("config/config.yaml"), "eigen_cam")
+    assert not any(t in plan(config).targets() for t in targets)
+
+
+def test_eigen_cam_key_errors():
+    config = load("config/test.yaml")
+    config["experiments"]["eigen_cam"]["teacher"] = "resnet56"
+    with pytest.raises(ConfigError, match=r"experiments\.eigen_cam\.teacher: Eigen-CAM reads the last stage"):
+        plan(config)
+    config = load("config/test.yaml")
+    config["experiments"]["eigen_cam"]["images"] = 0
+    with pytest.raises(ConfigError, match=r"config experiments\.eigen_cam\.images"):
+        plan(config)

@@ -39,14 +39,14 @@ def _help(kind: str, capsys: pytest.CaptureFixture) -> str:
 
 def test_ids_in_target_order() -> None:
     assert TABLES.ids == ["1", "2", "3", "4", "5", "6", "7", "8", "1x"]
-    assert FIGURES.ids == [1, 2, 4, 5, 6, 7, 8, 9]
+    assert FIGURES.ids == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     assert [spec.target for spec in all_targets()] == [*(f"table{n}" for n in TABLES.ids),
                                                       *(f"figure{n}" for n in FIGURES.ids)]
 
 
 def test_cli_help_and_workflow_targets_list_every_declaration(test_config: dict, capsys) -> None:
     assert f"table id: {', '.join(TABLES.ids)}" in _help("table", capsys)
-    assert "figure id: 1, 2, 4, 5, 6, 7, 8, 9" in _help("figure", capsys)
+    assert "figure id: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13" in _help("figure", capsys)
     w = WorkflowConfig(copy.deepcopy(test_config), REPO)
     assert list(w.targets()) == [spec.target for spec in all_targets()]     # test.yaml configures all
     assert w.targets()["table1x"] == [f"{w.results}/tables/table1x.{ext}" for ext in ("md", "tex", "csv", "html")]

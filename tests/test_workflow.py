@@ -69,7 +69,7 @@ def test_paper_config_plans_the_paper_grid(tmp_path):
     result = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["synthetic"] == 4 * 2 and counts["table"] == 9 and counts["figure"] == 8   # Tables 1-8, 1x
+    assert counts["synthetic"] == 4 * 2 and counts["table"] == 9 and counts["figure"] == 13   # Tables 1-8, 1x; Figures 1-13
 
 
 def test_paper_config_plans_table1x_beside_table1(tmp_path):

@@ -5,6 +5,7 @@ atomically."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ from mcmi.distill import Distillation, PairContext, SharedTeacher, build_method,
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.pipeline.specs import (SHARED_BY_GROUP, ClassCMISpec, DataSpec, EmbeddingSpec, HeadsSpec, ImportSpec, JobSpec, Labelled,
+from mcmi.pipeline.specs import (SHARED_BY_GROUP, CamSpec, ClassCMISpec, DataSpec, EmbeddingSpec, HeadsSpec, ImportSpec, JobSpec, Labelled,
                                  MCMISpec, MeasureSpec, RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec,
                                  TeacherSpec, TrainingJob, parse_spec)
 from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
@@ -479,3 +480,63 @@ def class_cmi(spec: ClassCMISpec) -> dict[str, Any]:
     final = {"split": spec.split, "temperature": float(spec.temperature),
              "classes": [{**c, "images": int(counts[c["label"]]), "cmi": float(values[c["label"]])} for c in classes]}
     return _finish(spec, "class_cmi", final, [], device, identity, {"split": spec.split})
+
+
+def cam_draw(seed: int, imagenet_index: int, candidates: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` of a class's images (``candidates``: their positions in the split), drawn in an order fixed
+    by the seed and the class's ImageNet index alone: the same images for the MLL and the MCMI teacher, and
+    the first k of a larger draw are a smaller one's (Figure 3's 4 toy terriers open Figure 13's 24)."""
+    generator = torch.Generator().manual_seed(int(seed) * 1000 + int(imagenet_index))
+    return candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+
+
+@stage(CamSpec)
+def eigen_cam_maps(spec: CamSpec) -> dict[str, Any]:
+    """Eigen-CAM maps (the grad-cam package's EigenCAM, its SVD's sign oriented: analysis/cam.py) of one
+    teacher for seeded images of a few classes; the maps and the images as shown go to ``out_maps``."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from mcmi.analysis.cam import cam_target_layer, eigen_cam
+    from mcmi.data import imagenet_classes
+    from mcmi.provenance import write_file_atomic
+
+    if spec.split not in ("train", "val"):
+        raise ValueError(f"eigen_cam split must be 'train' or 'val', got {spec.split!r}")
+    if int(spec.images) < 1:
+        raise ValueError(f"eigen_cam images must be >= 1, got {spec.images}")
+    classes = imagenet_classes.resolve(spec.dataset, spec.classes)
+    device, train, test, identity = _setup(spec)
+    data = _split(spec, train, test)
+    model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
+    layer = cam_target_layer(model)
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    arrays, entries = {}, []
+    for c in classes:
+        candidates = (data.labels == c["label"]).nonzero().flatten()
+        if len(candidates) < int(spec.images):
+            raise ValueError(f"class {c['name']!r}: folder {c['folder']} has {len(candidates)} {spec.split} images, "
+                             f"{spec.images} are asked for")
+        chosen = cam_draw(int(spec.seed), c["imagenet_index"], candidates, int(spec.images))
+        x = torch.cat([batch.x.cpu() for batch in data.subset(chosen).batches(len(chosen))])
+        if spec.image_size and x.shape[-1] != int(spec.image_size):
+            x = F.interpolate(x, size=(int(spec.image_size),) * 2, mode="bilinear", align_corners=False)
+        maps = eigen_cam(model, x.to(device), layer)
+        with torch.no_grad():
+            model.eval()
+            predicted = model(x.to(device)).argmax(dim=1).cpu()
+        shown = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        arrays[f"images_{c['class']}"], arrays[f"maps_{c['class']}"] = shown, maps.astype(np.float16)
+        entry = {**c, "images": len(chosen), "indices": chosen.tolist(), "predicted": predicted.tolist(),
+                 "top1_acc": 100.0 * float((predicted == c["label"]).double().mean())}
+        tree = getattr(data, "tree", None)
+        if tree is not None:      # an ImageNet folder: the files themselves, for looking them up
+            entry["files"] = [os.path.relpath(tree.samples[int(data.indices[i])][0], tree.root) for i in chosen]
+        entries.append(entry)
+    write_file_atomic(spec.out_maps, lambda handle: np.savez_compressed(handle, **arrays))
+    final = {"split": spec.split, "image_size": int(x.shape[-1]), "layer": f"{type(layer).__name__}: the last block "
+             "of the last stage", "sign": "first component oriented to a non-negative covariance with the "
+             "channel-mean activation", "maps_file": Path(spec.out_maps).name, "classes": entries}
+    return _finish(spec, "eigen_cam", final, [], device, identity, {"split": spec.split},
+                   outputs={"maps": spec.out_maps})

@@ -20,3 +20,23 @@ rule embedding:
         "../../envs/mcmi.yaml"
     shell:
         stage_command()
+
+
+rule eigen_cam:
+    input:
+        ready=P("data_ready"),
+        model=P("teacher_model"),
+    output:
+        metrics=P("cam"),
+        maps=P("cam_maps"),
+    params:
+        spec=lambda wc, output: spec_json(W.declared_spec(output.metrics)),
+    log:
+        P("log_cam"),
+    threads: W.threads
+    resources:
+        **train_resources("measure"),
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()

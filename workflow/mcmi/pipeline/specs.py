@@ -102,7 +102,7 @@ class JobSpec:
 
 
 # Fields that say where a job writes (its outputs, resume point and kept copy), not what it computes.
-LOCATION_FIELDS = ("out_metrics", "out_model", "resume", "finished")
+LOCATION_FIELDS = ("out_metrics", "out_model", "out_maps", "resume", "finished")
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -278,6 +278,22 @@ class ClassCMISpec(TrainingJob):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CamSpec(TrainingJob):
+    """Eigen-CAM maps of a teacher (Figures 3, 10-13) for ``images`` images of each class of ``classes``
+    drawn with ``seed`` from one split; maps and images go to ``out_maps`` (.npz), the rest to the metrics."""
+
+    STAGE: ClassVar[str] = "eigen_cam"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    model: str
+    checkpoint: str
+    classes: list[SpecDict]
+    images: int
+    out_maps: str
+    split: str = "val"               # val | train
+    image_size: int | None = None    # resize the (normalised) images to this size first; None: the dataset's
+
+
+@dataclass(frozen=True, kw_only=True)
 class HeadsSpec(TrainingJob):
     """HSAKD's first stage: the teacher's auxiliary heads on its frozen backbone."""
 
@@ -353,7 +369,7 @@ class SyntheticSpec(JobSpec):
 
 
 SPEC_TYPES: dict[str, type[JobSpec]] = {cls.STAGE: cls for cls in (
-    DataSpec, TeacherSpec, ImportSpec, MCMISpec, RegularizedSpec, MeasureSpec, ClassCMISpec, EmbeddingSpec, HeadsSpec,
+    DataSpec, TeacherSpec, ImportSpec, MCMISpec, RegularizedSpec, MeasureSpec, ClassCMISpec, EmbeddingSpec, CamSpec, HeadsSpec,
     StudentSpec, StudentGroupSpec, SyntheticSpec)}
 
 

@@ -103,7 +103,7 @@ def _ranges(block: Any, where: str) -> list[str]:
 
 _RESULTS_TREE = Paths("")
 _PLACES = ("student_metrics", "vanilla_metrics", "teacher_metrics", "measure", "hsakd_heads_metrics", "synthetic",
-           "embedding", "class_cmi")
+           "embedding", "class_cmi", "cam")
 
 
 def expected_run(path: str) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def tag_foreign_dataset(record: MetricsRecord, paper_dataset: str) -> MetricsRec
     if dataset is None or dataset == paper_dataset:
         return record
     run = {**record.run, **{k: f"{record.run[k]} [{dataset}]" for k in ("teacher", "student") if k in record.run}}
-    return MetricsRecord(record.path, run, record.final, record.history)
+    return MetricsRecord(record.path, run, record.final, record.history, record.provenance)
 
 
 def check_against_plan(records: Iterable[MetricsRecord], plan: Any) -> None:

@@ -1,11 +1,12 @@
 """The figures, in target order: one declaration (``FIGURE``) per module (Eigen-CAM's module declares
-Figures 3 and 10-13, which share one experiment), and how a figure is made."""
+Figures 3 and 10-13, ``FIGURES``, which share one experiment), and how a figure is made."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mcmi.report.figures import figure1, figure2, figure4, figure5, figure6, figure7, figure8, figure9
+from mcmi.report.figures import (eigen_cam, figure1, figure2, figure4, figure5, figure6, figure7, figure8,
+                                 figure9)
 from mcmi.report.figures.figure2 import lr_decay_epochs
 from mcmi.report.figures.figure4 import row_normalise
 from mcmi.report.records import load_metrics, tag_foreign_dataset
@@ -15,7 +16,7 @@ PAPER_DIR = Path(__file__).resolve().parents[4] / "config" / "paper"   # this re
 
 FIGURES: Registry[FigureSpec] = Registry(
     "figure", sorted([figure1.FIGURE, figure2.FIGURE, figure4.FIGURE, figure5.FIGURE, figure6.FIGURE, figure7.FIGURE, figure8.FIGURE,
-            figure9.FIGURE], key=lambda spec: spec.id),
+            figure9.FIGURE, *eigen_cam.FIGURES], key=lambda spec: spec.id),
     normalise=int)
 
 
