@@ -512,3 +512,19 @@ def test_table8_per_class_cmi_beside_the_paper_with_mcmi_minus_mll(tmp_path: Pat
     assert md.startswith("# Table 8") and "**MCMI − MLL** (CMI (nats)): MCMI better in 1 of 2 cells of ours" in md
     assert md.index("## ImageNet") < md.index("## demo_imagenet (not ImageNet: never matched to the paper)")
     assert "| goldfish | 0.3000 (1) | 0.2896 | +0.0104 |" in md
+
+
+def test_ranges_know_loss_terms_and_entropies(tmp_path: Path) -> None:
+    """An MCMI teacher's per-epoch loss term 'loss_cmi' (-λ·KL, negative) is not a CMI; an entropy is >= 0."""
+    from mcmi.report.records import load_metrics
+
+    history = [{"epoch": 1, "test_acc": 60.0, "loss_ce": 1.2, "loss_cmi": -0.004}]
+    teacher = write_metrics(tmp_path, "mcmi", {"stage": "mcmi", "teacher": "resnet56", "variant": "MCMI", "lam": 0.1},
+                            {"test_acc": 60.0, "epochs": 1}, history)
+    assert load_metrics([teacher])[0].history[0]["loss_cmi"] == -0.004
+    bad = measure(tmp_path, "negative_entropy", 70.0, 0.2, -0.3)
+    data = json.loads(Path(bad).read_text())
+    data["final"]["train_entropy"] = -0.1
+    Path(bad).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"'train_entropy' is -0\.1, expected an entropy >= 0 \(nats\)"):
+        load_metrics([bad])

@@ -68,6 +68,8 @@ _SLACK = 1e-9
 
 def _range_problem(key: str, value: Any) -> str | None:
     name = key.lower()
+    if name.startswith("loss_"):
+        return None       # a loss term per epoch ('loss_cmi' = -lambda * KL), named after its term, not a metric
     if name.endswith(("_acc", "_top5")) or name in ("acc", "top5"):
         low, high, what = 0.0, 100.0, "an accuracy in [0, 100] (%)"
     elif name.endswith("_cmi") or name == "cmi":

@@ -111,7 +111,7 @@ def _draw_class(key: str, figure: int, records: list[MetricsRecord], out_prefix:
     (mll_images, mll_maps), (_, mcmi_maps) = _maps(runs[MLL], key), _maps(runs[MCMI], key)
     count = len(mll_images)
     rows, columns = math.ceil(count / COLUMNS), min(COLUMNS, count)
-    fig = plt.figure(figsize=(2 * columns * 1.15 + 0.4, rows * 1.2 + 0.6))
+    fig = plt.figure(figsize=(2 * max(columns, 4) * 1.15 + 0.4, rows * 1.2 + 0.6))   # room for the two titles
     blocks = fig.subfigures(1, 2, wspace=0.04)
     for block, variant, maps in zip(blocks, (MLL, MCMI), (mll_maps, mcmi_maps)):
         axes = block.subplots(rows, columns, squeeze=False)
