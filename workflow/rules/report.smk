@@ -1,6 +1,7 @@
-# Stage: aggregation. Tables 1-7 and Figures 1, 2 (and 4, zero-shot confusion matrices) from the
-# metrics files, each beside the paper's published numbers; table1x (beyond the paper: MIMKD and
-# ITRD) beside their own papers' numbers. Named targets: table1 ... table7, table1x, figure1 ... figure4.
+# Stage: aggregation. Tables 1-8 and Figures 1-13 from the metrics files, each beside the paper's
+# published numbers where it has some; table1x (beyond the paper: MIMKD and ITRD) beside their own
+# papers' numbers. Named targets: table1 ... table8, table1x, figure1 ... figure13 (one per declaration
+# of mcmi.report whose experiment block is configured).
 #
 # The Snakemake report (snakemake table3 --report report.html, after the run; name the targets that
 # ran, several if you like) opens on workflow/report/workflow.rst, a description of the run, and shows
