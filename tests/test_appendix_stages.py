@@ -252,3 +252,24 @@ def test_eigen_cam_refuses_a_model_without_a_target_layer_and_too_few_images(tmp
     spec = _cam_spec(tmp_path, dataset, _random_checkpoint(tmp_path, "resnet18", 10), "many", images=5)
     with pytest.raises(ValueError, match=r"class 'goldfish': folder n00000001 has 4 val images, 5 are asked for"):
         run_stage(spec)
+
+
+@pytest.mark.parametrize("run, expected", [
+    ({"stage": "regularized", "variant": "ENT", "beta": 0.15}, "ENT0.15"),
+    ({"stage": "regularized", "variant": "LSKL", "eps": 0.1, "ls_weight": 0.2}, "LSKL0.1w0.2"),
+    ({"stage": "teacher", "variant": "MLL", "labeled_count": 500, "labeled_seed": 2}, "MLL_lab500s2"),
+    ({"stage": "mcmi", "variant": "MCMI", "lam": 0.25, "labeled_count": 500, "labeled_seed": 2},
+     "MCMI_lam0.25_lab500s2"),
+])
+def test_a_hand_run_student_records_its_appendix_teachers_variant(tmp_path, run, expected):
+    """`mcmi student` files a student under the variant its teacher's metrics record, the new kinds too,
+    and refuses a --variant that names another regulariser weight or labelled subset."""
+    from mcmi.pipeline.handrun import teacher_variant
+
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"")
+    (tmp_path / "metrics.json").write_text(json.dumps({"run": run, "final": {}}))
+    assert teacher_variant(str(checkpoint), None) == expected == teacher_variant(str(checkpoint), expected)
+    other = expected.replace("500", "1000") if "_lab" in expected else expected.replace("0.1", "0.3", 1)
+    with pytest.raises(ValueError, match=f"--variant {other} disagrees with"):
+        teacher_variant(str(checkpoint), other)
