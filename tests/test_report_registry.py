@@ -258,3 +258,31 @@ def test_snakemake_report_after_a_single_table_run_shows_html_tables_with_captio
     assert f"Results folder {config['results']};" in text
     assert "Where the paper" in text and "table5: Δμ 2; presets as_written, authors_code." in text
     assert "Tables: table5.html" in text and "Figures: figure2.png" in text          # what this report holds
+
+
+def test_the_appendix_declarations_reach_the_cli(tmp_path: Path, capsys) -> None:
+    """`mcmi table 8` and `mcmi figure <n>` for the appendix's declarations: written from hand-made metrics
+    files, and a figure without its runs is one error line (exit 2)."""
+    def write(name: str, run: dict, final: dict) -> str:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"run": run, "final": final}))
+        return str(path)
+
+    classes = [write(v, {"stage": "class_cmi", "dataset": "imagenet", "teacher": "resnet50", "variant": v},
+                     {"split": "train", "classes": [{"class": "goldfish", "name": "goldfish", "cmi": 0.3 + k / 10}]})
+               for k, v in enumerate(("MLL", "MCMI"))]
+    assert main(["table", "8", "--paper-dir", str(PAPER_DIR), "--out", str(tmp_path / "t8"), *classes]) == 0
+    assert "| goldfish | 0.3000 (1) | 0.2896 |" in (tmp_path / "t8.md").read_text()
+    runs = []
+    for k, (variant, extra) in enumerate((("MLL", {}), ("MCMI", {"lam": 0.25}))):
+        run = {"dataset": "cifar10", "teacher": "ResNet50", "variant": variant, "labeled_count": 500,
+               "labeled_seed": 0, **extra}
+        runs.append(write(f"t{variant}", {"stage": "teacher", **run}, {"test_acc": 60.0 + k}))
+        runs.append(write(f"s{variant}", {"stage": "student", "student": "ResNet18", "method": "SemiKD", "seed": 0,
+                                          **run}, {"test_acc": 70.0 + k}))
+    assert main(["figure", "9", "--out", str(tmp_path / "f9"), *runs]) == 0
+    assert (tmp_path / "f9.png").stat().st_size > 1000 and (tmp_path / "f9.pdf").is_file()
+    capsys.readouterr()
+    assert main(["figure", "3", "--out", str(tmp_path / "f3"), *runs]) == 2
+    assert capsys.readouterr().err.strip() == ("mcmi: error: figure 3: no Eigen-CAM run of the MLL and MCMI teacher "
+                                               "among the metrics files")
