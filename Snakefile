@@ -20,6 +20,7 @@ include: "workflow/rules/teachers.smk"
 include: "workflow/rules/mcmi.smk"
 include: "workflow/rules/students.smk"
 include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -68,4 +68,14 @@ def write_report_metrics(directory: Path) -> dict[str, list[str]]:
         for seed in (0, 1):
             write({"stage": "student", "dataset": "cifar100", "teacher": "resnet56", "student": "resnet20",
                    "method": "KD", "variant": "MCMI", "lam": lam, "seed": seed}, {"test_acc": 70.5 + lam + seed})
-    return {**{n: main for n in ("1", "2", "3", "4", "5", "6", "1x")}, "7": list(paths)}
+    lam = list(paths)
+
+    write, paths = _writer(directory / "classes")
+    names = {"goldfish": "goldfish", "toy_terrier": "toy terrier", "bee_eater": "bee eater"}
+    for ds, keys in (("imagenet", ("goldfish", "toy_terrier")), ("demo_imagenet", ("goldfish", "bee_eater"))):
+        for k, variant in enumerate(("MLL", "MCMI")):
+            classes = [{"class": key, "name": names[key], "images": 1300 if ds == "imagenet" else 30,
+                        "cmi": 0.25 + j / 8 + k / 16} for j, key in enumerate(keys)]
+            write({"stage": "class_cmi", "dataset": ds, "teacher": "resnet50", "variant": variant},
+                  {"split": "train", "classes": classes})
+    return {**{n: main for n in ("1", "2", "3", "4", "5", "6", "1x")}, "7": lam, "8": list(paths)}

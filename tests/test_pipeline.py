@@ -153,7 +153,7 @@ def test_every_target_input_is_an_instance_of_a_path_template(name):
 def test_paper_config_plans_the_paper_grid():
     w = plan("config/config.yaml")
     groups = w.student_groups()
-    assert sum(len(g.cells) for g in groups) == 1922 and len(groups) == 295
+    assert sum(len(g.cells) for g in groups) == 2627 and len(groups) == 362
     table1 = [g for g in groups if any(c.method in ("KD", "DKD") and c.setting == "full" for c in g.cells)]
     assert table1 and all(len({(c.teacher, c.variant, c.seed) for c in g.cells}) == 1 for g in groups)
 

@@ -38,15 +38,15 @@ def _help(kind: str, capsys: pytest.CaptureFixture) -> str:
 
 
 def test_ids_in_target_order() -> None:
-    assert TABLES.ids == ["1", "2", "3", "4", "5", "6", "7", "1x"]
-    assert FIGURES.ids == [1, 2, 4]
+    assert TABLES.ids == ["1", "2", "3", "4", "5", "6", "7", "8", "1x"]
+    assert FIGURES.ids == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     assert [spec.target for spec in all_targets()] == [*(f"table{n}" for n in TABLES.ids),
                                                       *(f"figure{n}" for n in FIGURES.ids)]
 
 
 def test_cli_help_and_workflow_targets_list_every_declaration(test_config: dict, capsys) -> None:
     assert f"table id: {', '.join(TABLES.ids)}" in _help("table", capsys)
-    assert "figure id: 1, 2, 4" in _help("figure", capsys)
+    assert "figure id: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13" in _help("figure", capsys)
     w = WorkflowConfig(copy.deepcopy(test_config), REPO)
     assert list(w.targets()) == [spec.target for spec in all_targets()]     # test.yaml configures all
     assert w.targets()["table1x"] == [f"{w.results}/tables/table1x.{ext}" for ext in ("md", "tex", "csv", "html")]
@@ -60,8 +60,8 @@ def test_an_unconfigured_experiment_has_no_target_and_its_inputs_name_the_key(te
     assert "table3" not in w.targets() and "figure2" not in w.targets() and "table4" in w.targets()
     with pytest.raises(ConfigError, match=r"experiments\.table3: not configured"):
         w.table_inputs(3)
-    with pytest.raises(ValueError, match=r"no table 8; known tables: \['1', '2', '3', '4', '5', '6', '7', '1x'\]"):
-        w.table_inputs(8)
+    with pytest.raises(ValueError, match=r"no table 9; known tables: \['1', '2', '3', '4', '5', '6', '7', '8', '1x'\]"):
+        w.table_inputs(9)
 
 
 def test_inputs_of_each_declaration_on_a_small_config(test_config: dict) -> None:
@@ -94,7 +94,8 @@ def test_inputs_of_each_declaration_on_a_small_config(test_config: dict) -> None
                                  "r/digits/teachers/resnet8/lambda_star.json"]
     assert w.table_inputs(7) == [measure("MLL", 1), measure("MCMI_lam0", 1), measure("MCMI_lam0.25", 1),
                                  student("MLL", "full"), student("MCMI_lam0", "full"), student("MCMI_lam0.25", "full")]
-    assert w.figure_inputs(1) == [measure("MLL", 1), student("MLL", "T1"), measure("MLL", 4), student("MLL", "T4")]
+    # at the KD temperature (4, KD's default here) Figure 1's student is Table 1's ('full'): one job
+    assert w.figure_inputs(1) == [measure("MLL", 1), student("MLL", "T1"), measure("MLL", 4), student("MLL", "full")]
     assert w.figure_inputs(2) == ["r/digits/teachers/resnet14/MLL/metrics.json"]
     assert w.figure_inputs(4) == [student("MLL", "zs"), student("MCMI_lam0.1", "zs")]
     config["experiments"]["table4"]["es_epochs"] = {}
@@ -128,7 +129,7 @@ def test_a_new_declaration_reaches_the_cli_the_workflow_and_make_table(test_conf
     monkeypatch.setattr(mcmi.report, "TABLES", registry)
     monkeypatch.setattr(mcmi.report.tables, "TABLES", registry)
 
-    assert "table id: 1, 2, 3, 4, 5, 6, 7, 1x, 9" in _help("table", capsys)
+    assert "table id: 1, 2, 3, 4, 5, 6, 7, 8, 1x, 9" in _help("table", capsys)
     schema = yaml.safe_load(mcmi.pipeline.config.SCHEMA.read_text())    # its experiment block, in the schema
     schema["properties"]["experiments"]["properties"]["table9"] = {"type": "object"}
     (tmp_path / "schema.yaml").write_text(yaml.safe_dump(schema))
@@ -149,12 +150,12 @@ def test_a_new_declaration_reaches_the_cli_the_workflow_and_make_table(test_conf
 
 
 def test_unknown_ids_are_refused_naming_the_known_ones(tmp_path: Path, capsys) -> None:
-    assert main(["table", "8", "--out", str(tmp_path / "t")]) == 2
-    assert "no table 8; known tables: ['1', '2', '3', '4', '5', '6', '7', '1x']" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="no figure 3"):
-        mcmi.report.make_figure(3, [], str(tmp_path / "f"))
-    with pytest.raises(ValueError, match="no table 8"):
-        make_table(8, [], str(PAPER_DIR), str(tmp_path / "t"))
+    assert main(["table", "9", "--out", str(tmp_path / "t")]) == 2
+    assert "no table 9; known tables: ['1', '2', '3', '4', '5', '6', '7', '8', '1x']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no figure 14"):
+        mcmi.report.make_figure(14, [], str(tmp_path / "f"))
+    with pytest.raises(ValueError, match="no table 9"):
+        make_table(9, [], str(PAPER_DIR), str(tmp_path / "t"))
 
 
 # ------------------------------------------------------------------------------ the Snakemake report
@@ -257,3 +258,31 @@ def test_snakemake_report_after_a_single_table_run_shows_html_tables_with_captio
     assert f"Results folder {config['results']};" in text
     assert "Where the paper" in text and "table5: Δμ 2; presets as_written, authors_code." in text
     assert "Tables: table5.html" in text and "Figures: figure2.png" in text          # what this report holds
+
+
+def test_the_appendix_declarations_reach_the_cli(tmp_path: Path, capsys) -> None:
+    """`mcmi table 8` and `mcmi figure <n>` for the appendix's declarations: written from hand-made metrics
+    files, and a figure without its runs is one error line (exit 2)."""
+    def write(name: str, run: dict, final: dict) -> str:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"run": run, "final": final}))
+        return str(path)
+
+    classes = [write(v, {"stage": "class_cmi", "dataset": "imagenet", "teacher": "resnet50", "variant": v},
+                     {"split": "train", "classes": [{"class": "goldfish", "name": "goldfish", "cmi": 0.3 + k / 10}]})
+               for k, v in enumerate(("MLL", "MCMI"))]
+    assert main(["table", "8", "--paper-dir", str(PAPER_DIR), "--out", str(tmp_path / "t8"), *classes]) == 0
+    assert "| goldfish | 0.3000 (1) | 0.2896 |" in (tmp_path / "t8.md").read_text()
+    runs = []
+    for k, (variant, extra) in enumerate((("MLL", {}), ("MCMI", {"lam": 0.25}))):
+        run = {"dataset": "cifar10", "teacher": "ResNet50", "variant": variant, "labeled_count": 500,
+               "labeled_seed": 0, **extra}
+        runs.append(write(f"t{variant}", {"stage": "teacher", **run}, {"test_acc": 60.0 + k}))
+        runs.append(write(f"s{variant}", {"stage": "student", "student": "ResNet18", "method": "SemiKD", "seed": 0,
+                                          **run}, {"test_acc": 70.0 + k}))
+    assert main(["figure", "9", "--out", str(tmp_path / "f9"), *runs]) == 0
+    assert (tmp_path / "f9.png").stat().st_size > 1000 and (tmp_path / "f9.pdf").is_file()
+    capsys.readouterr()
+    assert main(["figure", "3", "--out", str(tmp_path / "f3"), *runs]) == 2
+    assert capsys.readouterr().err.strip() == ("mcmi: error: figure 3: no Eigen-CAM run of the MLL and MCMI teacher "
+                                               "among the metrics files")

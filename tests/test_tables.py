@@ -481,3 +481,50 @@ def test_table5_summary_per_preset_pairs_students_by_seed(tmp_path: Path) -> Non
     summary = (tmp_path / "table5.md").read_text().split("\n\n")[2]
     assert summary.startswith("- **MCMI − MLL teacher** (Acc (%), as_written): MCMI teacher better in 1 of 1 cell")
     assert "- **MCMI − MLL teacher** (Pdist, as_written): MCMI teacher better in 1 of 1 cell" in summary   # lower
+
+
+# ------------------------------------------------------------------------------ Table 8: per-class CMI
+def _class_cmi(directory: Path, name: str, dataset: str, variant: str, values: dict[str, float]) -> str:
+    names = {"goldfish": "goldfish", "bee_eater": "bee eater", "toy_terrier": "toy terrier",
+             "mountain_tent": "mountain tent"}
+    classes = [{"class": key, "name": names[key], "images": 1300, "cmi": value} for key, value in values.items()]
+    return write_metrics(directory, name, {"stage": "class_cmi", "dataset": dataset, "teacher": "resnet50",
+                                           "variant": variant}, {"split": "train", "classes": classes})
+
+
+def test_table8_per_class_cmi_beside_the_paper_with_mcmi_minus_mll(tmp_path: Path) -> None:
+    """ImageNet runs sit beside the paper's four classes (goldfish 0.2896 MLL, 0.4173 MCMI), MCMI − MLL per
+    class; a demo run's classes carry their dataset and are never matched."""
+    paths = [_class_cmi(tmp_path, "mll", "imagenet", "MLL", {"goldfish": 0.3, "toy_terrier": 0.4}),
+             _class_cmi(tmp_path, "mcmi", "imagenet", "MCMI", {"goldfish": 0.5, "toy_terrier": 0.35}),
+             _class_cmi(tmp_path, "demo", "demo_imagenet", "MLL", {"goldfish": 0.7})]
+    df = build_table(8, paths, PAPER_DIR)
+    goldfish = cell(df, **{"class": "goldfish", "variant": "MLL"})
+    assert (goldfish["paper"], goldfish["ours_mean"], goldfish["status"]) == (0.2896, 0.3, OK)
+    gain = cell(df, **{"class": "goldfish", "variant": GAIN})
+    assert gain["ours_mean"] == pytest.approx(0.2) and gain["paper"] == pytest.approx(0.4173 - 0.2896)
+    assert cell(df, **{"class": "toy terrier", "variant": GAIN})["ours_mean"] == pytest.approx(-0.05)
+    assert cell(df, **{"class": "bee eater", "variant": "MCMI"})["status"] == NOT_RUN
+    demo = cell(df, **{"class": "goldfish [demo_imagenet]", "variant": "MLL"})
+    assert demo["status"] == NO_PAPER and math.isnan(demo["paper"])
+    make_table(8, paths, PAPER_DIR, tmp_path / "table8")
+    md = (tmp_path / "table8.md").read_text()
+    assert md.startswith("# Table 8") and "**MCMI − MLL** (CMI (nats)): MCMI better in 1 of 2 cells of ours" in md
+    assert md.index("## ImageNet") < md.index("## demo_imagenet (not ImageNet: never matched to the paper)")
+    assert "| goldfish | 0.3000 (1) | 0.2896 | +0.0104 |" in md
+
+
+def test_ranges_know_loss_terms_and_entropies(tmp_path: Path) -> None:
+    """An MCMI teacher's per-epoch loss term 'loss_cmi' (-λ·KL, negative) is not a CMI; an entropy is >= 0."""
+    from mcmi.report.records import load_metrics
+
+    history = [{"epoch": 1, "test_acc": 60.0, "loss_ce": 1.2, "loss_cmi": -0.004}]
+    teacher = write_metrics(tmp_path, "mcmi", {"stage": "mcmi", "teacher": "resnet56", "variant": "MCMI", "lam": 0.1},
+                            {"test_acc": 60.0, "epochs": 1}, history)
+    assert load_metrics([teacher])[0].history[0]["loss_cmi"] == -0.004
+    bad = measure(tmp_path, "negative_entropy", 70.0, 0.2, -0.3)
+    data = json.loads(Path(bad).read_text())
+    data["final"]["train_entropy"] = -0.1
+    Path(bad).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"'train_entropy' is -0\.1, expected an entropy >= 0 \(nats\)"):
+        load_metrics([bad])

@@ -69,7 +69,7 @@ def test_paper_config_plans_the_paper_grid(tmp_path):
     result = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["synthetic"] == 4 * 2 and counts["table"] == 8 and counts["figure"] == 3   # Tables 1-7, 1x
+    assert counts["synthetic"] == 4 * 2 and counts["table"] == 9 and counts["figure"] == 13   # Tables 1-8, 1x; Figures 1-13
 
 
 def test_paper_config_plans_table1x_beside_table1(tmp_path):
@@ -91,6 +91,22 @@ def test_paper_config_plans_table1x_beside_table1(tmp_path):
     assert sum(sizes[name] for name in groups) == table1x_students + selection_students + table1_students == 1584
     assert counts["student_vanilla"] == 8 * 5 and counts["measure"] == 6 * 2
     assert counts["hsakd_heads"] == 12                    # Table 1's HSAKD students share those jobs
+
+
+def test_paper_config_plans_every_appendix_target(tmp_path):
+    """Each appendix target is planned at the paper's scale: their own stages (t-SNE, per-class CMI,
+    Eigen-CAM: two jobs each), the regularised and labelled-subset teachers, and Figure 8's students."""
+    targets = ["figure3", "figure5", "figure6", "figure7", "figure8", "figure9", "figure10", "figure11", "figure12",
+               "figure13", "table8"]
+    result = snakemake(*targets, "-n", "--configfile", str(REPO / "config/config.yaml"), workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert counts["embedding"] == 2 and counts["class_cmi"] == 2 and counts["eigen_cam"] == 2
+    assert counts["figure"] == 10 and counts["table"] == 1
+    assert counts["students_cifar100_resnet56_resnet20_MCMI_T_seed0"] == 1          # Figure 8's T_t != T_s cells
+    assert sum(n for name, n in counts.items() if "_lab" in name) == 4 * 3 * 2      # Figure 9: labels x seeds x teachers
+    for target in targets:
+        assert counts[target] == 1
 
 
 def test_lint_passes():
@@ -128,6 +144,9 @@ def _config(tmp_path: Path, edit=None) -> Path:
      "experiments.table5.presets[1]"),
     (lambda c: c["experiments"]["table5"]["synthetic"].update(split=[0.5, 0.2, 0.2]),
      "experiments.table5.synthetic (preset as_written): split"),
+    (lambda c: c["experiments"]["figure8"].update(kd_scale="t4"), "experiments.figure8.kd_scale"),
+    (lambda c: c["experiments"]["figure9"].update(labels=[5]), "experiments.figure9.labels[0]"),
+    (lambda c: c["experiments"]["eigen_cam"].update(teacher="resnet56"), "experiments.eigen_cam.teacher"),
 ])
 def test_bad_config_fails_validation_naming_the_key(tmp_path, edit, key):
     result = snakemake("-n", "--configfile", str(_config(tmp_path, edit)), workdir=tmp_path, timeout=120)

@@ -115,7 +115,7 @@ def _cmd_figure(args: argparse.Namespace) -> None:
     from mcmi.report import make_figure
 
     _verify_inputs(args)
-    make_figure(args.number, args.metrics, args.out)
+    make_figure(args.number, args.metrics, args.out, args.paper_dir)
 
 
 def _cmd_paper_check(args: argparse.Namespace) -> None:
@@ -170,8 +170,7 @@ def build_parser(report_ids: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"aggregate metrics files into a {name}")
         p.add_argument("number", type=id_type, help=f"{name} id{ids[name]}")
         p.add_argument("--out", required=True, help="output prefix (extensions are added)")
-        if name == "table":
-            p.add_argument("--paper-dir", default=str(PAPER_DIR), help="the paper's published numbers")
+        p.add_argument("--paper-dir", default=str(PAPER_DIR), help="the paper's published numbers")
         p.add_argument("--plan-config", metavar="CONFIG",
                        help="a workflow config (YAML file, or inline JSON as the rules pass it): refuse metrics "
                             "files that this config would not make (stale results)")

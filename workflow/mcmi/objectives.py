@@ -137,3 +137,22 @@ class LabelSmoothingReverseKL(Objective):
 
     def describe(self) -> dict:
         return {"objective": "label_smoothing_reverse_kl", "eps": self.eps, "weight": self.weight}
+
+
+# The teacher regularisers of Figure 7, by the name their ``describe()`` gives.
+REGULARIZERS: dict[str, type[Objective]] = {"entropy": EntropyRegularized, "label_smoothing": LabelSmoothing,
+                                             "label_smoothing_reverse_kl": LabelSmoothingReverseKL}
+
+
+def regularizer(description: dict) -> Objective:
+    """The regulariser an objective's ``describe()`` names, e.g. {"objective": "entropy", "beta": 0.15};
+    a ValueError naming what is wrong (an unknown objective, a missing or unknown parameter)."""
+    params = dict(description)
+    name = params.pop("objective", None)
+    if name not in REGULARIZERS:
+        raise ValueError(f"unknown teacher regulariser {name!r}; known: {sorted(REGULARIZERS)}")
+    try:
+        built = REGULARIZERS[name](**params)
+    except TypeError as error:
+        raise ValueError(f"teacher regulariser {name!r}: {error}") from None
+    return built

@@ -5,6 +5,7 @@ atomically."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,17 +13,18 @@ import torch
 
 from mcmi.cmi import compute_centroids
 from mcmi.data.sources import load_dataset
-from mcmi.data.subsets import student_train_set
+from mcmi.data.subsets import labelled_train_set, student_train_set
 from mcmi.distill import Distillation, PairContext, SharedTeacher, build_method, registry
 from mcmi.models import create_model, load_repdistiller_checkpoint
 from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
-from mcmi.pipeline.specs import (SHARED_BY_GROUP, DataSpec, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec,
-                                 StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, TrainingJob, parse_spec)
+from mcmi.pipeline.specs import (SHARED_BY_GROUP, CamSpec, ClassCMISpec, DataSpec, EmbeddingSpec, HeadsSpec, ImportSpec, JobSpec, Labelled,
+                                 MCMISpec, MeasureSpec, RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec,
+                                 TeacherSpec, TrainingJob, parse_spec)
 from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
 from mcmi.provenance import (code_fingerprint, link_or_copy, now, provenance, read_json_strict,
                              remove_stale_temporaries, save_torch_atomic, write_json_atomic)
-from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members, measure_cmi,
+from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members,
                         pick_device, seed_everything)
 
 StageFn = Callable[[Any], Any]
@@ -101,11 +103,22 @@ def _setup(spec: TrainingJob) -> tuple[torch.device, Any, Any, Identity]:
     return device, train, test, job_identity(spec, data_digest(train, test))
 
 
+def _labelled(train: Any, labelled: Labelled | None) -> Any:
+    """The training set a teacher sees: all of ``train``, or its labelled subset (Figure 9)."""
+    if labelled is None:
+        return train
+    subset = labelled_train_set(train, labelled.count, labelled.seed)
+    print(f"training on {len(subset)} class-balanced labelled images (seed {labelled.seed}) of {len(train)}",
+          flush=True)
+    return subset
+
+
 @stage(TeacherSpec)
 def train_teacher(spec: TeacherSpec) -> dict[str, Any]:
     """Train a model with cross-entropy (the MLL teacher; also the early-stopped teacher)."""
     recipe = Recipe(**spec.recipe)
     device, train, test, identity = _setup(spec)
+    train = _labelled(train, spec.labelled)
     model = _load_model(spec.model, train.num_classes)
     history = fit(model, CrossEntropy(), train, test, recipe, seed=int(spec.seed), device=device,
                   **_resume(spec, identity), cmi_every=int(spec.cmi_every or 0),
@@ -138,6 +151,7 @@ def finetune_mcmi(spec: MCMISpec) -> dict[str, Any]:
         raise ValueError(f"mcmi lambda must be >= 0, got {lam}")
     recipe = Recipe(**spec.recipe)
     device, train, test, identity = _setup(spec)
+    train = _labelled(train, spec.labelled)
     model = _load_model(spec.model, train.num_classes, spec.teacher_checkpoint).to(device)
     centroids = compute_centroids(model, train, recipe.batch_size, device, spec.centroid_pass,
                                   torch.Generator().manual_seed(int(spec.seed) + CENTROID_STREAM_OFFSET))
@@ -148,16 +162,53 @@ def finetune_mcmi(spec: MCMISpec) -> dict[str, Any]:
     return _finish(spec, "mcmi", final, history, device, identity, {"lam": lam}, outputs={"model": spec.out_model})
 
 
+@stage(RegularizedSpec)
+def finetune_regularized(spec: RegularizedSpec) -> dict[str, Any]:
+    """Fine-tune a trained teacher with the MCMI recipe but another regulariser (Figure 7: entropy or
+    label smoothing instead of the CMI term)."""
+    from mcmi.objectives import regularizer
+
+    objective = regularizer(spec.objective)
+    recipe = Recipe(**spec.recipe)
+    device, train, test, identity = _setup(spec)
+    train = _labelled(train, spec.labelled)
+    model = _load_model(spec.model, train.num_classes, spec.teacher_checkpoint).to(device)
+    history = fit(model, objective, train, test, recipe, seed=int(spec.seed), device=device,
+                  **_resume(spec, identity), label=f"{objective.describe()['objective']} {spec.model}")
+    final = _final_from_history(history)
+    _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
+    return _finish(spec, "regularized", final, history, device, identity, objective.describe(),
+                   outputs={"model": spec.out_model})
+
+
+@torch.no_grad()
+def output_statistics(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device,
+                      temperature: float = 1.0) -> dict[str, float]:
+    """CMI, LL and mean output entropy H(P_x) (nats) of ``model`` over ``data`` at ``temperature``, from
+    one pass in eval mode without augmentation (CMI and LL as ``train.measure_cmi`` computes them)."""
+    from mcmi.cmi import cmi_and_ll, collect_probs, entropy
+    from mcmi.train import check_finite
+
+    model.eval()
+    probs, labels = collect_probs(model, data.batches(batch_size, device=device), temperature)
+    cmi, ll = cmi_and_ll(probs, labels, data.num_classes)
+    result = {"cmi": float(cmi), "ll": float(ll), "entropy": float(entropy(probs.to(torch.float64)).mean())}
+    check_finite(result, f"CMI/LL/entropy on {getattr(data, 'name', 'the training set')} at T={temperature}")
+    return result
+
+
 @stage(MeasureSpec)
 def measure_teacher(spec: MeasureSpec) -> dict[str, Any]:
-    """Accuracy on the test set and CMI/LL over the training set (eval mode, no augmentation) at T."""
+    """Accuracy on the test set; CMI, LL and the mean output entropy over the training set (eval mode,
+    no augmentation) at T."""
     device, train, test, identity = _setup(spec)
     model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
     temperature = float(spec.temperature)
     evaluation = evaluate(model, test, 256, device)
-    cmi = measure_cmi(model, train, 256, device, temperature)
+    stats = output_statistics(model, train, 256, device, temperature)
     final = {"test_acc": evaluation["acc"], "test_top5": evaluation["top5"], "test_loss": evaluation["loss"],
-             "train_cmi": cmi["cmi"], "train_ll": cmi["ll"], "temperature": temperature}
+             "train_cmi": stats["cmi"], "train_ll": stats["ll"], "train_entropy": stats["entropy"],
+             "temperature": temperature}
     return _finish(spec, "measure", final, [], device, identity, {"temperature": temperature})
 
 
@@ -359,3 +410,133 @@ def train_hsakd_heads(spec: HeadsSpec) -> dict[str, Any]:
     return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"], "train_loss": history[-1]["train_loss"],
                                          "heads": objective.heads.kind}, history, device, identity,
                    outputs={"model": spec.out_model})
+
+
+# ------------------------------------------------------------------ the appendix experiments' own stages
+@torch.no_grad()
+def _outputs(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32) and labels of ``model`` over ``data`` in eval mode, without augmentation, on the CPU."""
+    model.eval()
+    logits, labels = [], []
+    for batch in data.batches(batch_size, device=device):
+        logits.append(model(batch.x).float().cpu())
+        labels.append(batch.y.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+@stage(EmbeddingSpec)
+def embed_outputs(spec: EmbeddingSpec) -> dict[str, Any]:
+    """A 2-D t-SNE (scikit-learn) of a teacher's output vectors on one split (Figure 6), with the split's
+    accuracy, CMI and LL beside it (which network is the low- and which the high-CMI one)."""
+    from mcmi.analysis.embedding import EMBEDDING_INPUTS, tsne_of_outputs
+    from mcmi.cmi import cmi_and_ll
+
+    for name, value, allowed in (("split", spec.split, ("test", "train")), ("input", spec.input, EMBEDDING_INPUTS),
+                                 ("init", spec.init, ("pca", "random"))):
+        if value not in allowed:
+            raise ValueError(f"embedding {name} must be one of {list(allowed)}, got {value!r}")
+    device, train, test, identity = _setup(spec)
+    data = test if spec.split == "test" else train
+    model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
+    logits, labels = _outputs(model, data, 256, device)
+    points = tsne_of_outputs(logits, input=spec.input, perplexity=float(spec.perplexity), seed=int(spec.seed),
+                             init=spec.init)
+    cmi, ll = cmi_and_ll(torch.softmax(logits.double(), dim=1), labels, train.num_classes)
+    final = {"split": spec.split, "input": spec.input, "perplexity": float(spec.perplexity), "init": spec.init,
+             "n_points": len(labels), "split_acc": 100.0 * float((logits.argmax(dim=1) == labels).double().mean()),
+             "split_cmi": float(cmi), "split_ll": float(ll),
+             "points": [[round(float(x), 4), round(float(y), 4)] for x, y in points], "labels": labels.tolist()}
+    return _finish(spec, "embedding", final, [], device, identity, {"split": spec.split})
+
+
+def _split(spec: Any, train: Any, test: Any) -> Any:
+    """The split a job reads: the training set for ``split: train``, else the validation (test) split."""
+    return train if spec.split == "train" else test
+
+
+@stage(ClassCMISpec)
+def class_cmi(spec: ClassCMISpec) -> dict[str, Any]:
+    """CMI(f; Y = y) = mean over class y's images of KL(P_x || Q_y) for a few classes (Table 8), each
+    class's centroid Q_y from its own images (cmi.per_class_cmi), at the spec's temperature, eval mode."""
+    from mcmi.cmi import collect_probs, per_class_cmi
+    from mcmi.data import imagenet_classes
+
+    if spec.split not in ("train", "val"):
+        raise ValueError(f"class_cmi split must be 'train' or 'val', got {spec.split!r}")
+    classes = imagenet_classes.resolve(spec.dataset, spec.classes)
+    device, train, test, identity = _setup(spec)
+    data = _split(spec, train, test)
+    wanted = torch.tensor([c["label"] for c in classes])
+    subset = data.subset(torch.isin(data.labels, wanted).nonzero().flatten())
+    model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
+    model.eval()
+    probs, labels = collect_probs(model, subset.batches(256, device=device), float(spec.temperature))
+    values = per_class_cmi(probs, labels, train.num_classes)
+    counts = torch.bincount(labels, minlength=train.num_classes)
+    for c in classes:
+        if int(counts[c["label"]]) == 0:
+            raise ValueError(f"class {c['name']!r}: folder {c['folder']} has no {spec.split} images")
+    final = {"split": spec.split, "temperature": float(spec.temperature),
+             "classes": [{**c, "images": int(counts[c["label"]]), "cmi": float(values[c["label"]])} for c in classes]}
+    return _finish(spec, "class_cmi", final, [], device, identity, {"split": spec.split})
+
+
+def cam_draw(seed: int, imagenet_index: int, candidates: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` of a class's images (``candidates``: their positions in the split), drawn in an order fixed
+    by the seed and the class's ImageNet index alone: the same images for the MLL and the MCMI teacher, and
+    the first k of a larger draw are a smaller one's (Figure 3's 4 toy terriers open Figure 13's 24)."""
+    generator = torch.Generator().manual_seed(int(seed) * 1000 + int(imagenet_index))
+    return candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+
+
+@stage(CamSpec)
+def eigen_cam_maps(spec: CamSpec) -> dict[str, Any]:
+    """Eigen-CAM maps (the grad-cam package's EigenCAM, its SVD's sign oriented: analysis/cam.py) of one
+    teacher for seeded images of a few classes; the maps and the images as shown go to ``out_maps``."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from mcmi.analysis.cam import cam_target_layer, eigen_cam
+    from mcmi.data import imagenet_classes
+    from mcmi.provenance import write_file_atomic
+
+    if spec.split not in ("train", "val"):
+        raise ValueError(f"eigen_cam split must be 'train' or 'val', got {spec.split!r}")
+    if int(spec.images) < 1:
+        raise ValueError(f"eigen_cam images must be >= 1, got {spec.images}")
+    classes = imagenet_classes.resolve(spec.dataset, spec.classes)
+    device, train, test, identity = _setup(spec)
+    data = _split(spec, train, test)
+    model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
+    layer = cam_target_layer(model)
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    arrays, entries = {}, []
+    for c in classes:
+        candidates = (data.labels == c["label"]).nonzero().flatten()
+        if len(candidates) < int(spec.images):
+            raise ValueError(f"class {c['name']!r}: folder {c['folder']} has {len(candidates)} {spec.split} images, "
+                             f"{spec.images} are asked for")
+        chosen = cam_draw(int(spec.seed), c["imagenet_index"], candidates, int(spec.images))
+        x = torch.cat([batch.x.cpu() for batch in data.subset(chosen).batches(len(chosen))])
+        if spec.image_size and x.shape[-1] != int(spec.image_size):
+            x = F.interpolate(x, size=(int(spec.image_size),) * 2, mode="bilinear", align_corners=False)
+        maps = eigen_cam(model, x.to(device), layer)
+        with torch.no_grad():
+            model.eval()
+            predicted = model(x.to(device)).argmax(dim=1).cpu()
+        shown = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        arrays[f"images_{c['class']}"], arrays[f"maps_{c['class']}"] = shown, maps.astype(np.float16)
+        entry = {**c, "images": len(chosen), "indices": chosen.tolist(), "predicted": predicted.tolist(),
+                 "top1_acc": 100.0 * float((predicted == c["label"]).double().mean())}
+        tree = getattr(data, "tree", None)
+        if tree is not None:      # an ImageNet folder: the files themselves, for looking them up
+            entry["files"] = [os.path.relpath(tree.samples[int(data.indices[i])][0], tree.root) for i in chosen]
+        entries.append(entry)
+    write_file_atomic(spec.out_maps, lambda handle: np.savez_compressed(handle, **arrays))
+    final = {"split": spec.split, "image_size": int(x.shape[-1]), "layer": f"{type(layer).__name__}: the last block "
+             "of the last stage", "sign": "first component oriented to a non-negative covariance with the "
+             "channel-mean activation", "maps_file": Path(spec.out_maps).name, "classes": entries}
+    return _finish(spec, "eigen_cam", final, [], device, identity, {"split": spec.split},
+                   outputs={"maps": spec.out_maps})

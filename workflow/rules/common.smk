@@ -8,7 +8,7 @@ from mcmi.pipeline import WorkflowConfig  # noqa: E402
 from mcmi.pipeline.config import typed_overrides  # noqa: E402
 from mcmi.pipeline.lock import ResultsLock  # noqa: E402
 from mcmi.provenance import canonical_json  # noqa: E402
-from mcmi.pipeline.naming import TRAINED_TEACHER_VARIANT, WILDCARDS  # noqa: E402
+from mcmi.pipeline.naming import FINETUNED_TEACHER_VARIANT, TRAINED_TEACHER_VARIANT, WILDCARDS, Variant  # noqa: E402
 
 # Config layers: config/config.yaml, or the --configfile files instead (merged in order); then the
 # --config overrides, merged key by key into nested mappings (lists are replaced). Snakemake leaves

@@ -1,19 +1,24 @@
 # Stage: MCMI fine-tuning. Every lambda of the grid fine-tunes the MLL teacher once; lambda* is then
 # chosen by the KD students trained on the grid teachers (Table 6), or taken from the paper
 # (mcmi.lambda_selection.mode: paper). The "MCMI" teacher used by the tables is the lambda* one.
+# The same rule fine-tunes the MLL teacher with the MCMI recipe but another regulariser (Figure 7:
+# ENT<beta>, LS<eps>, LSKL<eps>w<weight>), and a teacher of a labelled subset (Figure 9: the variant's
+# _lab<count>s<seed>) from the MLL teacher of that subset.
 
 
 rule mcmi_finetune:
     input:
         ready=P("data_ready"),
-        mll=P("teacher_model", variant="MLL"),
+        mll=lambda wc: W.teacher_model(wc.dataset, wc.teacher, Variant.parse(wc.variant).parent),
     output:
-        model=P("teacher_model", variant="MCMI_lam{lam}"),
-        metrics=P("teacher_metrics", variant="MCMI_lam{lam}"),
+        model=P("teacher_model"),
+        metrics=P("teacher_metrics"),
+    wildcard_constraints:
+        variant=FINETUNED_TEACHER_VARIANT,
     params:
-        spec=lambda wc: spec_json(W.mcmi_spec(wc.dataset, wc.teacher, wc.lam)),
+        spec=lambda wc: spec_json(W.finetune_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
-        P("log_teacher", variant="MCMI_lam{lam}"),
+        P("log_teacher"),
     threads: W.threads
     resources:
         **train_resources("mcmi"),

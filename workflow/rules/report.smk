@@ -1,6 +1,7 @@
-# Stage: aggregation. Tables 1-7 and Figures 1, 2 (and 4, zero-shot confusion matrices) from the
-# metrics files, each beside the paper's published numbers; table1x (beyond the paper: MIMKD and
-# ITRD) beside their own papers' numbers. Named targets: table1 ... table7, table1x, figure1 ... figure4.
+# Stage: aggregation. Tables 1-8 and Figures 1-13 from the metrics files, each beside the paper's
+# published numbers where it has some; table1x (beyond the paper: MIMKD and ITRD) beside their own
+# papers' numbers. Named targets: table1 ... table8, table1x, figure1 ... figure13 (one per declaration
+# of mcmi.report whose experiment block is configured).
 #
 # The Snakemake report (snakemake table3 --report report.html, after the run; name the targets that
 # ran, several if you like) opens on workflow/report/workflow.rst, a description of the run, and shows
@@ -70,6 +71,7 @@ rule figure:
             labels={"figure": "Figure {n}", "format": "PNG (also .pdf)"},
         ),
     params:
+        paper=W.paper_dir,
         prefix=lambda wc, output: os.path.splitext(output.pdf)[0],
         plan=canonical_json(W.config),
         # read by the report's caption (workflow/report/figure.rst), not by the command
@@ -80,7 +82,8 @@ rule figure:
         "../../envs/mcmi.yaml"
     shell:
         mcmi(
-            "figure --plan-config {params.plan:q} --out {params.prefix} {wildcards.n} {input.metrics} > {log} 2>&1"
+            "figure --paper-dir {params.paper} --plan-config {params.plan:q} --out {params.prefix} {wildcards.n} "
+            "{input.metrics} > {log} 2>&1"
         )
 
 

@@ -61,3 +61,24 @@ rule measure:
         "../../envs/mcmi.yaml"
     shell:
         stage_command()
+
+
+# Per-class CMI of a teacher over a few classes' images (Table 8); the classes and split are the
+# experiment's, so the spec comes from its declaration (W.declared_spec of the output).
+rule class_cmi:
+    input:
+        ready=P("data_ready"),
+        model=P("teacher_model"),
+    output:
+        P("class_cmi"),
+    params:
+        spec=lambda wc, output: spec_json(W.declared_spec(output[0])),
+    log:
+        P("log_class_cmi"),
+    threads: W.threads
+    resources:
+        **train_resources("measure"),
+    conda:
+        "../../envs/mcmi.yaml"
+    shell:
+        stage_command()

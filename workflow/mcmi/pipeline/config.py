@@ -9,7 +9,7 @@ import functools
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import yaml
 
@@ -103,9 +103,9 @@ def known_num_classes(dataset: dict[str, Any]) -> int | None:
     return sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
 
 
-def check_config(cfg: dict[str, Any], teacher_epochs: Callable[[str, str], int],
-                 synthetic_presets: list[str]) -> None:
-    """The checks beyond the schema; ``teacher_epochs(dataset, model)`` gives a teacher recipe's epochs."""
+def check_config(cfg: dict[str, Any]) -> None:
+    """The checks beyond the schema that concern the config as a whole; each experiment's own checks
+    (``check`` and ``path_numbers`` of its declaration in mcmi.report) run after these."""
     from mcmi.distill import registry
 
     methods = registry()
@@ -127,6 +127,9 @@ def check_config(cfg: dict[str, Any], teacher_epochs: Callable[[str, str], int],
                 check_model(model, f"{where}.pairs[{i}]", f" in {pair!r}")
         for i, model in enumerate(exp.get("teachers", [])):
             check_model(model, f"{where}.teachers[{i}]")
+        for role in ("teacher", "student"):
+            if isinstance(exp.get(role), str):
+                check_model(exp[role], f"{where}.{role}")
         for i, method in enumerate(exp.get("methods", [])):
             if method not in cfg["methods"]:
                 raise ConfigError(f"{where}.methods[{i}]: method {method!r} has no entry under 'methods'")
@@ -153,35 +156,25 @@ def check_config(cfg: dict[str, Any], teacher_epochs: Callable[[str, str], int],
         check_model(student, f"mcmi.lambda_selection.student_of.{teacher}")
     if selection["method"] not in cfg["methods"]:
         raise ConfigError(f"mcmi.lambda_selection.method: {selection['method']!r} has no entry under 'methods'")
-    if "table5" in cfg["experiments"]:
-        from mcmi.synthetic import resolve_config
-
-        for preset in synthetic_presets:
-            try:
-                resolve_config(cfg["experiments"]["table5"].get("synthetic", {}), preset)
-            except ValueError as error:
-                raise ConfigError(f"experiments.table5.synthetic (preset {preset}): {error}") from error
-    for key, value in _path_numbers(cfg):
-        check_path_number(value, key)
-    if "table4" in cfg["experiments"]:
-        _check_early_stop(cfg["experiments"]["table4"], teacher_epochs)
-    if "figure4" in cfg["experiments"]:
-        _check_zero_shot(cfg, cfg["experiments"]["figure4"])
-
-
-def _path_numbers(cfg: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """(key, value) of every config number that becomes part of an output path: lambdas
-    (``MCMI_lam<lambda>``), few-shot alphas (``fs<alpha>``), temperatures (``T<t>``), delta_mu."""
     for ds, grid in cfg["mcmi"]["lambda_grid"].items():
-        yield from ((f"mcmi.lambda_grid.{ds}[{i}]", lam) for i, lam in enumerate(grid))
+        for i, lam in enumerate(grid):
+            check_path_number(lam, f"mcmi.lambda_grid.{ds}[{i}]")
     for ds, teachers in cfg["mcmi"].get("paper_lambda_star", {}).items():
-        yield from ((f"mcmi.paper_lambda_star.{ds}.{teacher}", lam) for teacher, lam in teachers.items())
-    lists = {"table3": "alpha_percent", "table7": "lambdas", "figure1": "temperatures", "table5": "delta_mu"}
-    for exp_name, key in lists.items():
-        values = cfg["experiments"].get(exp_name, {}).get(key, [])
-        yield from ((f"experiments.{exp_name}.{key}[{i}]", value) for i, value in enumerate(values))
-    if "lam" in cfg["experiments"].get("figure4", {}):
-        yield "experiments.figure4.lam", cfg["experiments"]["figure4"]["lam"]
+        for teacher, lam in teachers.items():
+            check_path_number(lam, f"mcmi.paper_lambda_star.{ds}.{teacher}")
+
+
+def path_numbers(block: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """(key, value) of every number in ``block`` (a number, or a list or mapping of them, nested),
+    each named by its key ('experiments.table3.alpha_percent[1]')."""
+    if isinstance(block, dict):
+        for name, value in block.items():
+            yield from path_numbers(value, f"{key}.{name}")
+    elif isinstance(block, list):
+        for i, value in enumerate(block):
+            yield from path_numbers(value, f"{key}[{i}]")
+    elif isinstance(block, (int, float)) and not isinstance(block, bool):
+        yield key, block
 
 
 def check_path_number(value: float, key: str) -> None:
@@ -244,32 +237,6 @@ def _check_hparams(method: Any, hparams: dict[str, Any], key: str) -> None:
     problems = method.check_hparams(hparams)
     if problems:
         raise ConfigError(f"{key}: " + "; ".join(problems))
-
-
-def _check_early_stop(exp: dict[str, Any], teacher_epochs: Callable[[str, str], int]) -> None:
-    """An early-stopped teacher must stop before its recipe's last epoch."""
-    for teacher, epochs in exp["es_epochs"].items():
-        check_model(teacher, f"experiments.table4.es_epochs.{teacher}")
-        full = teacher_epochs(exp["dataset"], teacher)
-        if epochs >= full:
-            raise ConfigError(f"experiments.table4.es_epochs.{teacher}: {epochs} is not earlier than the "
-                              f"teacher recipe's {full} epochs")
-
-
-def _check_zero_shot(cfg: dict[str, Any], exp: dict[str, Any]) -> None:
-    removed = exp["removed_classes"]
-    if len(set(removed)) != len(removed):
-        raise ConfigError("experiments.figure4.removed_classes: repeated class")
-    classes = known_num_classes(cfg["datasets"][exp["dataset"]])
-    if classes is None:
-        return   # an image folder not yet on disk: the job checks when it loads the data
-    out_of_range = [c for c in removed if c >= classes]
-    if out_of_range:
-        raise ConfigError(f"experiments.figure4.removed_classes: {out_of_range} out of range for "
-                          f"{exp['dataset']!r}, which has classes 0..{classes - 1}")
-    if len(set(removed)) >= classes:
-        raise ConfigError(f"experiments.figure4.removed_classes: removes every class of {exp['dataset']!r}; "
-                          f"the student would have no training data")
 
 
 def _check_dataset(cfg: dict[str, Any], name: str, key: str) -> None:

@@ -21,8 +21,9 @@ from typing import Any
 import yaml
 
 from mcmi.pipeline.config import check_device_here, check_model, check_path_number, yaml_error_text
-from mcmi.pipeline.naming import (MLL, Variant, early_stop_variant, few_shot_setting, grid_variant,
-                                  number_text)
+from mcmi.pipeline.naming import (ENTROPY, LABEL_SMOOTHING, LABEL_SMOOTHING_KL, MLL, Variant, early_stop_variant,
+                                  entropy_variant, few_shot_setting, grid_variant, label_smoothing_variant,
+                                  labelled_variant, number_text)
 from mcmi.pipeline.plan import WorkflowConfig
 from mcmi.pipeline.specs import TrainingJob
 
@@ -109,8 +110,9 @@ def _checkpoint(path: str | None, flag: str) -> str:
 
 def recorded_variant(checkpoint: str) -> str | None:
     """The teacher variant recorded by the metrics.json beside ``checkpoint`` (None without one):
-    MLL, ES<epochs>, MCMI (the lambda* teacher the workflow adopted) or MCMI_lam<lambda> (a teacher
-    fine-tuned at lambda, e.g. by ``mcmi mcmi``)."""
+    MLL, ES<epochs>, MCMI (the lambda* teacher the workflow adopted), MCMI_lam<lambda> (a teacher
+    fine-tuned at lambda, e.g. by ``mcmi mcmi``), a regularised teacher (ENT<beta>, LS<eps>,
+    LSKL<eps>w<weight>), each with _lab<count>s<seed> when it was trained on a labelled subset."""
     from mcmi.provenance import read_json_strict
 
     path = Path(checkpoint).with_name("metrics.json")
@@ -118,24 +120,39 @@ def recorded_variant(checkpoint: str) -> str | None:
         return None
     metrics = read_json_strict(path)
     run = metrics.get("run", {}) if isinstance(metrics, dict) else {}
-    if run.get("stage") not in ("teacher", "mcmi"):
+    if run.get("stage") not in ("teacher", "mcmi", "regularized"):
         raise ValueError(f"{path}: the metrics beside the teacher checkpoint are of a "
                          f"{run.get('stage', 'unknown')!r} run, not of a teacher")
     kind = run.get("variant")
-    if kind == MLL:
-        return MLL
-    if kind == "ES" and "es_epochs" in run:
-        return early_stop_variant(run["es_epochs"])
-    if kind == "MCMI":
-        return "MCMI" if "adopted" in metrics or "lam" not in run else grid_variant(run["lam"])
-    raise ValueError(f"{path}: run.variant {kind!r} is not a teacher variant (MLL, ES, MCMI)")
+    try:
+        if kind == MLL:
+            variant = MLL
+        elif kind == "ES" and "es_epochs" in run:
+            variant = early_stop_variant(run["es_epochs"])
+        elif kind == "MCMI":
+            if "adopted" in metrics or "lam" not in run:
+                return "MCMI"
+            variant = grid_variant(run["lam"])
+        elif kind == ENTROPY:
+            variant = entropy_variant(run["beta"])
+        elif kind in (LABEL_SMOOTHING, LABEL_SMOOTHING_KL):
+            variant = label_smoothing_variant(run["eps"], run.get("ls_weight") if kind == LABEL_SMOOTHING_KL else None)
+        else:
+            raise KeyError(kind)
+    except KeyError:
+        raise ValueError(f"{path}: run.variant {kind!r} is not a teacher variant (MLL, ES, MCMI, ENT, LS, LSKL) "
+                         f"with its parameters") from None
+    if run.get("labeled_count") is not None:
+        variant = labelled_variant(variant, run["labeled_count"], run.get("labeled_seed", 0))
+    return variant
 
 
 def teacher_variant(checkpoint: str, flag: str | None) -> str:
     """The variant a student records for its teacher: the one the teacher's own metrics record, or
-    ``--variant``; refused when both are given and they disagree (another kind, another lambda or
-    early-stop epoch; ``--variant MCMI`` may name a grid teacher as the lambda* one), and when
-    neither is (a student filed under the wrong teacher is worse than no student)."""
+    ``--variant``; refused when both are given and they disagree (another kind, another lambda,
+    early-stop epoch, regulariser weight or labelled subset; ``--variant MCMI`` may name a grid teacher
+    as the lambda* one), and when neither is (a student filed under the wrong teacher is worse than no
+    student)."""
     recorded = recorded_variant(checkpoint)
     if flag is None:
         if recorded is None:
@@ -146,7 +163,7 @@ def teacher_variant(checkpoint: str, flag: str | None) -> str:
     chosen = Variant.parse(flag)
     if recorded is not None:
         found = Variant.parse(recorded)
-        agree = (chosen.kind == found.kind and chosen.es_epochs == found.es_epochs
+        agree = (dataclasses.replace(chosen, lam=None) == dataclasses.replace(found, lam=None)
                  and (chosen.lam is None or chosen.lam == found.lam))
         if not agree:
             raise ValueError(f"--variant {flag} disagrees with {Path(checkpoint).with_name('metrics.json')}, "

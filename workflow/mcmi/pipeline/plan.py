@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcmi.pipeline.config import ConfigError, check_config, check_device_here, check_paper_dir, with_defaults
-from mcmi.pipeline.naming import MCMI, MLL, VARIANTS, Setting, Variant, grid_variant, number_text, split_pair
+from mcmi.pipeline.config import (ConfigError, check_config, check_device_here, check_paper_dir, check_path_number,
+                                  path_numbers, with_defaults)
+from mcmi.pipeline.naming import (FULL, MCMI, MLL, VARIANTS, Setting, Variant, grid_variant, number_text, split_pair,
+                                  temperature_setting)
 from mcmi.pipeline.paths import Paths
-from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, JobSpec, MCMISpec, MeasureSpec,
-                                 StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
+from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, JobSpec, Labelled, MCMISpec, MeasureSpec,
+                                 RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
 from mcmi.provenance import canonical_json, read_json_strict, write_text_atomic
 from mcmi.synthetic.task import resolve_config, split_sizes
 
@@ -58,10 +60,32 @@ class WorkflowConfig:
         paper = Path(self.config["paper_dir"])
         self.paper_dir = str(paper if paper.is_absolute() or paper.exists() else self.repo / paper)
         self._groups: list[StudentGroup] | None = None    # planned once, on first use
-        check_config(self.config, lambda ds, model: self.recipe(ds, "teacher", model)["epochs"],
-                     self.synthetic_presets)
+        self._declared: dict[str, JobSpec] | None = None   # the experiments' own jobs, on first use
+        check_config(self.config)
+        self._check_experiments()
         if any(name.startswith("table") for name in self.config["experiments"]):
             check_paper_dir(self.paper_dir, self.config["paper_dir"])
+
+    def _declarations(self) -> list[Any]:
+        """The table and figure declarations (mcmi.report) whose experiment this config configures."""
+        from mcmi.report import all_targets
+
+        return [spec for spec in all_targets() if spec.experiment_key in self.config["experiments"]]
+
+    def _check_experiments(self) -> None:
+        """Each configured experiment's checks beyond the schema, from its declaration: the numbers
+        that name output paths, then its own ``check`` (once per experiment block)."""
+        seen = set()
+        for spec in self._declarations():
+            if spec.experiment_key in seen:
+                continue
+            seen.add(spec.experiment_key)
+            key, exp = f"experiments.{spec.experiment_key}", self.config["experiments"][spec.experiment_key]
+            for name in spec.path_numbers:
+                for where, value in path_numbers(exp.get(name), f"{key}.{name}"):
+                    check_path_number(value, where)
+            if spec.check:
+                spec.check(self, exp, key)
 
     def check_device_here(self) -> None:
         """The config's ``device`` exists on this machine (for jobs that run here, not on a cluster)."""
@@ -97,6 +121,11 @@ class WorkflowConfig:
     def synthetic(self, preset: str, dmu: float | str) -> str:
         return self.paths.path("synthetic", preset=preset, dmu=number_text(dmu))
 
+    def path(self, template: str, **values: Any) -> str:
+        """Any template of ``pipeline.paths.TEMPLATES`` filled in (numbers written as in names)."""
+        return self.paths.path(template, **{k: number_text(v) if isinstance(v, float) else v
+                                            for k, v in values.items()})
+
     # ------------------------------------------------------------------ recipes
     def dataset_spec(self, ds: str) -> dict[str, Any]:
         return copy.deepcopy(self.config["datasets"][ds])
@@ -130,8 +159,8 @@ class WorkflowConfig:
         return self.config["teachers"]["pretrained"].get(ds, {}).get(teacher)
 
     # ------------------------------------------------------------------ job specs
-    def _job(self, ds: str, seed: int, out_metrics: str, run: dict[str, Any]) -> dict[str, Any]:
-        """Fields of every training job."""
+    def job_fields(self, ds: str, seed: int, out_metrics: str, run: dict[str, Any]) -> dict[str, Any]:
+        """Fields of every training job (dataset, seed, device, metrics file, resume point, run block)."""
         return {"dataset": self.dataset_spec(ds), "seed": int(seed), "device": self.config["device"],
                 "out_metrics": out_metrics, "resume": self.paths.resume(out_metrics), "run": run}
 
@@ -148,27 +177,54 @@ class WorkflowConfig:
         return DataSpec(dataset=self.dataset_spec(ds), out_metrics=self.data_ready(ds), run={"dataset": ds})
 
     def teacher_spec(self, ds: str, teacher: str, variant: str) -> TeacherSpec | ImportSpec:
-        job = self._job(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
+        job = self.job_fields(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
                         {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)})
         out_model = self.teacher_model(ds, teacher, variant)
         if variant == MLL and self.pretrained(ds, teacher):
             return ImportSpec(**job, model=teacher, out_model=out_model, checkpoint=self.pretrained(ds, teacher))
         fig2 = self.config["experiments"].get("figure2")
         traces_cmi = variant == MLL and fig2 and fig2["dataset"] == ds and teacher in fig2["teachers"]
+        parsed = Variant.parse(variant)
         return TeacherSpec(**job, model=teacher, out_model=out_model, recipe=self.recipe(ds, "teacher", teacher),
                            cmi_every=fig2["cmi_every"] if traces_cmi else None,
-                           stop_after_epoch=Variant.parse(variant).es_epochs)
+                           stop_after_epoch=parsed.es_epochs, labelled=self._labelled(parsed))
 
-    def mcmi_spec(self, ds: str, teacher: str, lam: str) -> MCMISpec:
-        variant = grid_variant(lam)
-        job = self._job(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
-                        {"dataset": ds, "teacher": teacher, "variant": MCMI, "lam": float(lam)})
+    @staticmethod
+    def _labelled(variant: Variant) -> Labelled | None:
+        """The labelled subset a teacher variant is trained on (None: the whole training set)."""
+        if variant.labeled_count is None:
+            return None
+        return Labelled(count=variant.labeled_count, seed=int(variant.labeled_seed or 0))
+
+    def finetune_spec(self, ds: str, teacher: str, variant: str) -> MCMISpec | RegularizedSpec:
+        """The job of a teacher fine-tuned from its MLL teacher with the MCMI recipe: a grid teacher
+        (``MCMI_lam<λ>``) or a regularised one (``ENT<β>``, ``LS<ε>``, ``LSKL<ε>w<w>``), each possibly of a
+        labelled subset (``_lab<count>s<seed>``)."""
+        parsed = Variant.parse(variant)
+        if not parsed.is_finetuned:
+            raise ValueError(f"teacher variant {variant!r} is not fine-tuned from an MLL teacher")
+        if parsed.lam is not None:
+            return self.mcmi_spec(ds, teacher, number_text(parsed.lam), variant)
+        job = self.job_fields(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
+                              {"dataset": ds, "teacher": teacher, **parsed.run_fields()})
+        return RegularizedSpec(**job, model=teacher, out_model=self.teacher_model(ds, teacher, variant),
+                               teacher_checkpoint=self.teacher_model(ds, teacher, parsed.parent),
+                               objective=parsed.regularizer(), recipe=self.mcmi_recipe(ds, teacher),
+                               labelled=self._labelled(parsed))
+
+    def mcmi_spec(self, ds: str, teacher: str, lam: str, variant: str | None = None) -> MCMISpec:
+        """MCMI fine-tuning at ``lam`` of the MLL teacher (of ``variant``'s labelled subset, if it has one)."""
+        variant = variant or grid_variant(lam)
+        parsed = Variant.parse(variant)
+        job = self.job_fields(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
+                              {"dataset": ds, "teacher": teacher, **parsed.run_fields()})
         return MCMISpec(**job, model=teacher, out_model=self.teacher_model(ds, teacher, variant),
-                        teacher_checkpoint=self.teacher_model(ds, teacher, MLL), lam=float(lam),
-                        recipe=self.mcmi_recipe(ds, teacher), centroid_pass=self.config["mcmi"]["centroid_pass"])
+                        teacher_checkpoint=self.teacher_model(ds, teacher, parsed.parent), lam=float(lam),
+                        recipe=self.mcmi_recipe(ds, teacher), centroid_pass=self.config["mcmi"]["centroid_pass"],
+                        labelled=self._labelled(parsed))
 
     def measure_spec(self, ds: str, teacher: str, variant: str, temp: str) -> MeasureSpec:
-        job = self._job(ds, 0, self.measure(ds, teacher, variant, float(temp)),
+        job = self.job_fields(ds, 0, self.measure(ds, teacher, variant, float(temp)),
                         {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)})
         return MeasureSpec(**job, model=teacher, checkpoint=self.teacher_model(ds, teacher, variant),
                            temperature=float(temp))
@@ -179,35 +235,58 @@ class WorkflowConfig:
         hparams = self.method_hparams(method, teacher, student)
         run = {"dataset": ds, "teacher": teacher, "student": student, "method": method, "seed": int(seed),
                **self.variant_run_fields(variant)}
+        from mcmi.distill.kd import KD
+
         parsed = Setting.parse(setting)
+        run.update(parsed.run_fields())
         few_shot = zero_shot = None
+        # Settings that take a parameter from an experiment's block: the few-shot subsets' seed (table3),
+        # the zero-shot classes (figure4), the KD loss scale at two temperatures (figure8).
+        experiments = self.config["experiments"]
         if parsed.is_few_shot:
-            few_shot = FewShot(alpha_percent=parsed.alpha_percent,
-                               seed=self.config["experiments"]["table3"]["partition_seed"])
-            run["alpha_percent"] = parsed.alpha_percent
-        elif parsed.is_temperature:
+            few_shot = FewShot(alpha_percent=parsed.alpha_percent, seed=experiments["table3"]["partition_seed"])
+        elif parsed.temperature is not None:
             hparams["T"] = parsed.temperature
-            run["temperature"] = parsed.temperature
+        elif parsed.is_temperature:
+            hparams.update(T_teacher=parsed.teacher_temperature, T_student=parsed.student_temperature,
+                           scale=experiments.get("figure8", {}).get("kd_scale", KD.defaults["scale"]))
         elif parsed.is_zero_shot:
-            zero_shot = ZeroShot(removed_classes=self.config["experiments"]["figure4"]["removed_classes"])
+            zero_shot = ZeroShot(removed_classes=experiments["figure4"]["removed_classes"])
+        labelled = Variant.parse(variant).labeled_count
+        if method == "SemiKD" and labelled is not None:      # the labelled images of its teacher's subset
+            hparams.update(labeled_count=labelled, labeled_seed=Variant.parse(variant).labeled_seed)
         extra = {"hsakd_teacher_heads": self.hsakd_heads(ds, teacher, variant)} if method == "HSAKD" else None
-        return StudentSpec(**self._job(ds, int(seed), out, run), **self._numerics(), student=student,
+        return StudentSpec(**self.job_fields(ds, int(seed), out, run), **self._numerics(), student=student,
                            teacher=teacher, teacher_checkpoint=self.teacher_model(ds, teacher, variant),
                            method=method, recipe=self.recipe(ds, "student", student),
                            out_model=str(Path(out).with_name("model.pt")), finished=self.paths.finished(out),
                            few_shot=few_shot, zero_shot=zero_shot, extra=extra, hparams=hparams)
 
+    def kd_setting(self, teacher: str, student: str, t_teacher: float, t_student: float) -> str:
+        """The setting of a KD student at teacher temperature ``t_teacher`` and student temperature
+        ``t_student``: 'full' -- Table 1's student, the same job -- when these are the temperatures the
+        config's KD hyperparameters already give the pair, else 'T<t>' or 'Tt<t_teacher>_Ts<t_student>'."""
+        from mcmi.distill.kd import KD
+
+        hparams = {**KD.defaults, **self.method_hparams("KD", teacher, student)}
+        common = float(hparams["T"])
+        configured = (float(hparams["T_teacher"] if hparams["T_teacher"] is not None else common),
+                      float(hparams["T_student"] if hparams["T_student"] is not None else common))
+        if (float(t_teacher), float(t_student)) == configured:
+            return FULL
+        return temperature_setting(t_teacher, t_student)
+
     def vanilla_spec(self, ds: str, student: str, seed: int | str) -> StudentSpec:
         out = self.vanilla(ds, student, seed)
         run = {"dataset": ds, "student": student, "method": "vanilla", "seed": int(seed)}
-        return StudentSpec(**self._job(ds, int(seed), out, run), **self._numerics(), student=student,
+        return StudentSpec(**self.job_fields(ds, int(seed), out, run), **self._numerics(), student=student,
                            method="vanilla", recipe=self.recipe(ds, "student", student),
                            out_model=str(Path(out).with_name("model.pt")),
                            hparams=dict(self.config["methods"].get("vanilla", {})))
 
     def hsakd_heads_spec(self, ds: str, teacher: str, variant: str) -> HeadsSpec:
         out = self.paths.path("hsakd_heads_metrics", dataset=ds, teacher=teacher, variant=variant)
-        job = self._job(ds, self.config["teachers"]["seed"], out,
+        job = self.job_fields(ds, self.config["teachers"]["seed"], out,
                         {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)})
         return HeadsSpec(**job, model=teacher, checkpoint=self.teacher_model(ds, teacher, variant),
                          out_model=self.hsakd_heads(ds, teacher, variant), recipe=self.recipe(ds, "teacher", teacher),
@@ -257,6 +336,11 @@ class WorkflowConfig:
                 if found and found["variant"] == MCMI:
                     mcmi_teachers.add((found["dataset"], found["teacher"]))
         mcmi_teachers |= {(c.ds, c.teacher) for c in cells if c.variant == MCMI}
+        for job in self.declared_jobs().values():          # an experiment's own job reading the lambda* teacher
+            for read in job.input_files().values():
+                found = self.paths.parse("teacher_model", read)
+                if found and found["variant"] == MCMI:
+                    mcmi_teachers.add((found["dataset"], found["teacher"]))
         if self.selection_mode() == "paper":      # refused here, while planning, not by an input function
             for ds, teacher in sorted(mcmi_teachers):
                 self.paper_lambda_star(ds, teacher)
@@ -404,10 +488,7 @@ class WorkflowConfig:
 
     def targets(self) -> dict[str, list[str]]:
         """Each named target (a table or figure of ``mcmi.report``) that the config defines, with its outputs."""
-        from mcmi.report import all_targets
-
-        return {spec.target: spec.outputs(self.results) for spec in all_targets()
-                if spec.target in self.config["experiments"]}
+        return {spec.target: spec.outputs(self.results) for spec in self._declarations()}
 
     def target_inputs(self, target: str) -> list[str]:
         """The input files of a named target ('table3', 'table1x', 'figure2', ...)."""
@@ -418,11 +499,36 @@ class WorkflowConfig:
             raise ConfigError(f"no target {target!r}; known: {list(specs)}")
         return specs[target].input_files(self)
 
+    # ------------------------------------------------------------------ the experiments' own jobs
+    def declared_jobs(self) -> dict[str, JobSpec]:
+        """The jobs that configured experiments define themselves (a declaration's ``jobs``: t-SNE,
+        per-class CMI, Eigen-CAM), by the metrics file each writes; two experiments that plan one file
+        must plan the same spec for it."""
+        if self._declared is None:
+            declared: dict[str, JobSpec] = {}
+            for spec in self._declarations():
+                for job in spec.job_specs(self):
+                    earlier = declared.setdefault(job.out_metrics, job)
+                    if earlier != job:
+                        raise ConfigError(f"experiments.{spec.experiment_key}: plans {job.out_metrics} with another "
+                                          f"job spec than another experiment does; give them the same settings")
+            self._declared = declared
+        return self._declared
+
+    def declared_spec(self, path: str) -> JobSpec:
+        """The spec of the declared job writing ``path`` (a rule's params); ConfigError when none plans it."""
+        found = self.declared_jobs().get(str(path))
+        if found is None:
+            raise ConfigError(f"no configured experiment plans a job writing {path}")
+        return found
+
     # ------------------------------------------------------------------ what made an output
     def planned_spec(self, path: str) -> JobSpec | None:
         """The job spec this config plans for the job writing metrics file ``path``; ``None`` for a
         file no job spec describes (lambda* selections), or an adopted MCMI teacher whose lambda* is
         not chosen yet. The tables compare it with the spec a file records (stale results)."""
+        if str(path) in self.declared_jobs():
+            return self.declared_jobs()[str(path)]
         p = self.paths
         if m := p.parse("student_metrics", path):
             return self.student_spec(m["dataset"], m["teacher"], m["student"], m["method"], m["variant"],
@@ -431,9 +537,11 @@ class WorkflowConfig:
             return self.vanilla_spec(m["dataset"], m["student"], m["seed"])
         if m := p.parse("teacher_metrics", path):
             variant = Variant.parse(m["variant"])
+            if variant.is_finetuned:
+                return self.finetune_spec(m["dataset"], m["teacher"], m["variant"])
             if variant.kind != MCMI:
                 return self.teacher_spec(m["dataset"], m["teacher"], m["variant"])
-            lam = variant.lam if variant.lam is not None else self.adopted_lambda(m["dataset"], m["teacher"])
+            lam = self.adopted_lambda(m["dataset"], m["teacher"])
             return None if lam is None else self.mcmi_spec(m["dataset"], m["teacher"], number_text(lam))
         if m := p.parse("measure", path):
             return self.measure_spec(m["dataset"], m["teacher"], m["variant"], m["temp"])
@@ -457,6 +565,8 @@ class WorkflowConfig:
         """The name of the rule whose job writes ``path`` (for the rebuild hint of a stale file)."""
         if cell := self._cell(path):
             return next((g.name for g in self.student_groups() if cell in g.cells), "students")
+        if str(path) in self.declared_jobs():
+            return self.declared_jobs()[str(path)].STAGE       # each declared stage's rule is named after it
         for template, rule in (("vanilla_metrics", "student_vanilla"), ("measure", "measure"),
                                ("hsakd_heads_metrics", "hsakd_heads"), ("synthetic", "synthetic"),
                                ("data_ready", "prepare_data")):
@@ -464,7 +574,7 @@ class WorkflowConfig:
                 return rule
         if m := self.paths.parse("teacher_metrics", path):
             variant = Variant.parse(m["variant"])
-            return "teacher" if variant.kind != MCMI else "mcmi_finetune" if variant.lam is not None else "mcmi_selected"
+            return "mcmi_finetune" if variant.is_finetuned else "mcmi_selected" if variant.kind == MCMI else "teacher"
         return "?"
 
     def plan_config_file(self) -> str:

@@ -102,7 +102,7 @@ class JobSpec:
 
 
 # Fields that say where a job writes (its outputs, resume point and kept copy), not what it computes.
-LOCATION_FIELDS = ("out_metrics", "out_model", "resume", "finished")
+LOCATION_FIELDS = ("out_metrics", "out_model", "out_maps", "resume", "finished")
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -140,6 +140,15 @@ class ZeroShot(_Part):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Labelled(_Part):
+    """Train a teacher on ``count`` class-balanced labelled images drawn with ``seed`` only (Figure 9;
+    ``data.subsets.labelled_indices``)."""
+
+    count: int
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataSpec(JobSpec):
     """Check (download or generate where configured) one dataset before any job uses it."""
 
@@ -172,6 +181,11 @@ class TeacherSpec(TrainingJob):
     out_model: str
     cmi_every: int | None = None          # measure the training set's CMI every N epochs (Figure 2)
     stop_after_epoch: int | None = None
+    labelled: Labelled | None = None      # train on a labelled subset only (Figure 9)
+
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        return {"labelled": Labelled.from_dict}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +211,31 @@ class MCMISpec(TrainingJob):
     recipe: SpecDict
     centroid_pass: str = "eval"
     out_model: str
+    labelled: Labelled | None = None      # fine-tune (and take the centroids) on a labelled subset only
+
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        return {"labelled": Labelled.from_dict}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegularizedSpec(TrainingJob):
+    """Fine-tune the MLL teacher at ``teacher_checkpoint`` with the MCMI recipe but another regulariser
+    (Figure 7): ``objective`` is what ``objectives.regularizer`` builds, e.g. {"objective": "entropy",
+    "beta": 0.15}."""
+
+    STAGE: ClassVar[str] = "regularized"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("teacher_checkpoint",)
+    model: str
+    teacher_checkpoint: str
+    objective: SpecDict
+    recipe: SpecDict
+    out_model: str
+    labelled: Labelled | None = None
+
+    @classmethod
+    def nested(cls) -> dict[str, Callable[[Any], Any]]:
+        return {"labelled": Labelled.from_dict}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +247,50 @@ class MeasureSpec(TrainingJob):
     model: str
     checkpoint: str
     temperature: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingSpec(TrainingJob):
+    """A 2-D t-SNE of a teacher's output vectors on one split (Figure 6); ``seed`` is t-SNE's random state."""
+
+    STAGE: ClassVar[str] = "embedding"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    model: str
+    checkpoint: str
+    split: str = "test"              # test | train
+    input: str = "probs"             # probs (the paper) | logits (the authors' TSNE.py)
+    perplexity: float = 15.0
+    init: str = "pca"                # scikit-learn's default since 1.2 | random (its default before)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassCMISpec(TrainingJob):
+    """CMI(f; Y = y) of a teacher for each of a few classes, over those classes' images of one split
+    (Table 8); ``classes``: [{"class": goldfish|bee_eater|toy_terrier|mountain_tent, "folder": ...}]."""
+
+    STAGE: ClassVar[str] = "class_cmi"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    model: str
+    checkpoint: str
+    classes: list[SpecDict]
+    split: str = "train"             # train | val
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CamSpec(TrainingJob):
+    """Eigen-CAM maps of a teacher (Figures 3, 10-13) for ``images`` images of each class of ``classes``
+    drawn with ``seed`` from one split; maps and images go to ``out_maps`` (.npz), the rest to the metrics."""
+
+    STAGE: ClassVar[str] = "eigen_cam"
+    INPUT_FILES: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    model: str
+    checkpoint: str
+    classes: list[SpecDict]
+    images: int
+    out_maps: str
+    split: str = "val"               # val | train
+    image_size: int | None = None    # resize the (normalised) images to this size first; None: the dataset's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,8 +369,8 @@ class SyntheticSpec(JobSpec):
 
 
 SPEC_TYPES: dict[str, type[JobSpec]] = {cls.STAGE: cls for cls in (
-    DataSpec, TeacherSpec, ImportSpec, MCMISpec, MeasureSpec, HeadsSpec, StudentSpec, StudentGroupSpec,
-    SyntheticSpec)}
+    DataSpec, TeacherSpec, ImportSpec, MCMISpec, RegularizedSpec, MeasureSpec, ClassCMISpec, EmbeddingSpec, CamSpec, HeadsSpec,
+    StudentSpec, StudentGroupSpec, SyntheticSpec)}
 
 
 def parse_spec(data: SpecDict | str | JobSpec) -> JobSpec:

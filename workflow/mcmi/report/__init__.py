@@ -1,8 +1,9 @@
 """Tables and figures from metrics JSON files, each beside the paper's published numbers.
 
 Every table and figure is one declaration (``TableSpec`` in ``report/tables/table<id>.py``, ``FigureSpec`` in
-``report/figures.py``) in an ordered registry (``TABLES``, ``FIGURES``). The CLI (``mcmi table``,
-``mcmi figure``) and the workflow (targets and their inputs) take ids from these registries only.
+``report/figures/<module>.py``) in an ordered registry (``TABLES``, ``FIGURES``): the one home of its
+experiment (config block, checks, inputs, own jobs, drawing). The CLI (``mcmi table``, ``mcmi figure``)
+and the workflow (targets, their inputs, the experiments' own jobs) take them from these registries only.
 """
 
 from mcmi.report.figures import FIGURES, make_figure

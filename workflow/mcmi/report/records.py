@@ -68,12 +68,16 @@ _SLACK = 1e-9
 
 def _range_problem(key: str, value: Any) -> str | None:
     name = key.lower()
+    if name.startswith("loss_"):
+        return None       # a loss term per epoch ('loss_cmi' = -lambda * KL), named after its term, not a metric
     if name.endswith(("_acc", "_top5")) or name in ("acc", "top5"):
         low, high, what = 0.0, 100.0, "an accuracy in [0, 100] (%)"
     elif name.endswith("_cmi") or name == "cmi":
         low, high, what = -_SLACK, float("inf"), "a CMI >= 0 (nats)"
     elif name.endswith("_ll") or name == "ll":
         low, high, what = float("-inf"), _SLACK, "a log-likelihood <= 0 (nats)"
+    elif name.endswith("_entropy") or name == "entropy":
+        low, high, what = -_SLACK, float("inf"), "an entropy >= 0 (nats)"
     else:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -100,7 +104,8 @@ def _ranges(block: Any, where: str) -> list[str]:
 
 
 _RESULTS_TREE = Paths("")
-_PLACES = ("student_metrics", "vanilla_metrics", "teacher_metrics", "measure", "hsakd_heads_metrics", "synthetic")
+_PLACES = ("student_metrics", "vanilla_metrics", "teacher_metrics", "measure", "hsakd_heads_metrics", "synthetic",
+           "embedding", "class_cmi", "cam")
 
 
 def expected_run(path: str) -> dict[str, Any]:
@@ -116,11 +121,7 @@ def expected_run(path: str) -> dict[str, Any]:
         if "variant" in found:
             run.update(Variant.parse(found["variant"]).run_fields())
         if "setting" in found:
-            setting = Setting.parse(found["setting"])
-            if setting.is_few_shot:
-                run["alpha_percent"] = setting.alpha_percent
-            if setting.is_temperature:
-                run["temperature"] = setting.temperature
+            run.update(Setting.parse(found["setting"]).run_fields())
         if "temp" in found:
             run["temperature"] = float(found["temp"])
         if "dmu" in found:
@@ -137,7 +138,7 @@ def _same(recorded: Any, expected: Any) -> bool:
 
 def record_problems(record: MetricsRecord, data: dict[str, Any]) -> list[str]:
     """What is wrong with one metrics file, judged on its own: its seal, value ranges (accuracies in
-    [0, 100], CMI >= 0, LL <= 0, numbers where numbers belong), ``final`` against its history's last
+    [0, 100], CMI >= 0, LL <= 0, entropy >= 0, numbers where numbers belong), ``final`` against its history's last
     epoch, and its ``run`` against its path."""
     problems = [p for p in [seal_problem(data)] if p]
     problems += _ranges(record.final, "final") + _ranges(record.history, "history")
@@ -164,7 +165,7 @@ def tag_foreign_dataset(record: MetricsRecord, paper_dataset: str) -> MetricsRec
     if dataset is None or dataset == paper_dataset:
         return record
     run = {**record.run, **{k: f"{record.run[k]} [{dataset}]" for k in ("teacher", "student") if k in record.run}}
-    return MetricsRecord(record.path, run, record.final, record.history)
+    return MetricsRecord(record.path, run, record.final, record.history, record.provenance)
 
 
 def check_against_plan(records: Iterable[MetricsRecord], plan: Any) -> None:

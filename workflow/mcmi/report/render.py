@@ -19,6 +19,7 @@ METRIC_LABELS = {
     "teacher_acc": "Teacher Acc (%)", "teacher_top1": "Teacher Top-1 (%)", "teacher_top5": "Teacher Top-5 (%)",
     "teacher_ll": "Teacher LL (nats)", "teacher_cmi": "Teacher CMI (nats)", "lambda_star": "λ*",
     "acc": "Acc (%)", "pdist": "Pdist", "pdist_mean": "Pdist per sample (ours only)",
+    "class_cmi": "CMI (nats)",
 }
 NOT_RUN_HEADING = "Paper cells not run"
 

@@ -53,4 +53,5 @@ TABLE = TableSpec(
     inputs=_inputs,
     build=_build,
     layout=_layout,
+    path_numbers=("alpha_percent",),
 )

@@ -31,6 +31,18 @@ def _inputs(w: ConfigView, exp: Experiment) -> list[str]:
     return paths
 
 
+def _check(w: ConfigView, exp: Experiment, key: str) -> None:
+    """An early-stopped teacher must stop before its recipe's last epoch."""
+    from mcmi.pipeline.config import check_model
+
+    for teacher, epochs in exp["es_epochs"].items():
+        check_model(teacher, f"{key}.es_epochs.{teacher}")
+        full = w.recipe(exp["dataset"], "teacher", teacher)["epochs"]
+        if epochs >= full:
+            raise ConfigError(f"{key}.es_epochs.{teacher}: {epochs} is not earlier than the "
+                              f"teacher recipe's {full} epochs")
+
+
 def _build(records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
     raw = read_paper(paper_dir, "table4.csv").rename(columns={"teacher_variant": "variant"})
     raw[["teacher", "student"]] = raw["pair"].str.split("->", expand=True)
@@ -78,4 +90,5 @@ TABLE = TableSpec(
     inputs=_inputs,
     build=_build,
     layout=_layout,
+    check=_check,
 )

@@ -35,6 +35,18 @@ def _inputs(w: ConfigView, exp: Experiment) -> list[str]:
     return [w.synthetic(preset, d) for preset in w.synthetic_presets for d in exp["delta_mu"]]
 
 
+def _check(w: ConfigView, exp: Experiment, key: str) -> None:
+    """Every preset resolves with the block's ``synthetic`` keys (e.g. a split summing to one)."""
+    from mcmi.pipeline.config import ConfigError
+    from mcmi.synthetic import resolve_config
+
+    for preset in w.synthetic_presets:
+        try:
+            resolve_config(exp.get("synthetic", {}), preset)
+        except ValueError as error:
+            raise ConfigError(f"{key}.synthetic (preset {preset}): {error}") from error
+
+
 def _build(records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
     from mcmi.synthetic import PRESETS  # the paper's cells are listed beside each preset
 
@@ -136,4 +148,6 @@ TABLE = TableSpec(
     inputs=_inputs,
     build=_build,
     layout=_layout,
+    check=_check,
+    path_numbers=("delta_mu",),
 )

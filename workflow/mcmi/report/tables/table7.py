@@ -163,4 +163,5 @@ TABLE = TableSpec(
     inputs=_inputs,
     build=_build,
     layout=_layout,
+    path_numbers=("lambdas",),
 )
