@@ -432,8 +432,11 @@ def test_stage_start_removes_leftover_temporaries(tmp_path, capsys):
 def test_mcmi_figure_lists_every_figure_it_knows(tmp_path, capsys):
     from mcmi.cli import main
 
-    assert main(["figure", "3", "--out", str(tmp_path / "f")]) == 2
-    assert "known figures: [1, 2, 4]" in capsys.readouterr().err
+    from mcmi.report import FIGURES
+
+    assert main(["figure", "99", "--out", str(tmp_path / "f")]) == 2
+    assert f"known figures: {FIGURES.ids}" in capsys.readouterr().err
+    assert FIGURES.ids == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
 
 
 @pytest.mark.parametrize("write", ["json", "torch"])
