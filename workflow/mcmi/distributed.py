@@ -143,6 +143,23 @@ def _rank_device(requested: str | None) -> torch.device:
     return torch.device(f"cuda:{index}")
 
 
+def _die_with_launcher() -> None:
+    """Have the kernel kill this process when its launcher dies (Linux ``PR_SET_PDEATHSIG``): torchrun
+    starts each rank in a session of its own, so a SIGKILLed launcher would otherwise leave the ranks
+    training, and writing, beside the job's rerun."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))    # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:          # the launcher died before the request took effect
+        os._exit(1)
+
+
 def start(processes: int, device_request: str | None, batchnorm: str = "local") -> torch.device:
     """Join the job's process group (when ``processes`` > 1) and return this process's device.
 
@@ -160,6 +177,7 @@ def start(processes: int, device_request: str | None, batchnorm: str = "local") 
         return pick_device(device_request)
     if batchnorm not in BATCHNORM_MODES:
         raise ValueError(f"distributed.batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
+    _die_with_launcher()
     device = _rank_device(device_request)
     rank = int(os.environ["RANK"])
     if device.type == "cuda":
