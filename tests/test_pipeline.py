@@ -63,7 +63,8 @@ def test_every_template_fills_and_parses_back():
     paths = Paths("results/x")
     values = {"dataset": "cifar100", "teacher": "resnet56", "student": "resnet20", "method": "CRD+KD",
               "variant": "MCMI_lam0.15", "setting": "fs25", "seed": "3", "temp": "4", "preset": "as_written",
-              "dmu": "2", "n": "1x", "ext": "md", "group": "students_x"}
+              "dmu": "2", "n": "1x", "ext": "md", "group": "students_x",
+              "weights": "ResNet34_Weights.IMAGENET1K_V1"}
     for name, template in TEMPLATES.items():
         needed = {k: v for k, v in values.items() if "{" + k + "}" in template}
         path = paths.path(name, **needed)

@@ -14,7 +14,7 @@ rule mcmi_finetune:
         spec=lambda wc: spec_json(W.mcmi_spec(wc.dataset, wc.teacher, wc.lam)),
     log:
         P("log_teacher", variant="MCMI_lam{lam}"),
-    threads: W.threads
+    threads: job_threads
     resources:
         **train_resources("mcmi"),
     conda:

@@ -102,8 +102,7 @@ def check_config(cfg: dict[str, Any], teacher_epochs: Callable[[str, str], int],
             raise ConfigError(f"teachers.pretrained.{ds}: dataset {ds!r} is not defined under 'datasets'")
         for model, path in models.items():
             check_model(model, f"teachers.pretrained.{ds}.{model}")
-            if not Path(path).is_file():
-                raise ConfigError(f"teachers.pretrained.{ds}.{model}: checkpoint {path} does not exist")
+            _check_pretrained(path, model, f"teachers.pretrained.{ds}.{model}")
     selection = cfg["mcmi"]["lambda_selection"]
     for teacher, student in selection.get("student_of", {}).items():
         check_model(teacher, f"mcmi.lambda_selection.student_of.{teacher}")
@@ -122,6 +121,20 @@ def check_config(cfg: dict[str, Any], teacher_epochs: Callable[[str, str], int],
         _check_early_stop(cfg["experiments"]["table4"], teacher_epochs)
     if "figure4" in cfg["experiments"]:
         _check_zero_shot(cfg, cfg["experiments"]["figure4"])
+
+
+def _check_pretrained(source: str, model: str, key: str) -> None:
+    """A pretrained teacher is an existing file or torchvision weights of that model."""
+    from mcmi.models.pretrained import is_torchvision, resolve_torchvision
+
+    if is_torchvision(source):
+        try:
+            resolve_torchvision(model, source)
+        except ValueError as error:
+            raise ConfigError(f"{key}: {error}") from error
+    elif not Path(source).is_file():
+        raise ConfigError(f"{key}: checkpoint {source} does not exist (or write torchvision:<WEIGHTS> for "
+                          f"torchvision's weights of an ImageNet model)")
 
 
 def _check_results_path(results: Any) -> None:
