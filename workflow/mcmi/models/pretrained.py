@@ -81,7 +81,8 @@ def resolve_torchvision(model: str, source: str) -> TorchvisionWeights:
     enum = get_model_weights(model)
     if name not in enum.__members__:
         raise ValueError(f"{model}: torchvision has no weights {name!r}; it has {list(enum.__members__)}")
-    weights = enum[name]
+    weights = enum[name]          # an alias (DEFAULT) resolves to the weights it stands for
+    name = weights.name
     url = _url(weights)
     found = torch.hub.HASH_REGEX.search(url.rsplit("/", 1)[-1])
     if not found or not found.group(1):
