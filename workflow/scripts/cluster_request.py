@@ -61,6 +61,9 @@ def planned_jobs(text: str) -> list[dict[str, Any]]:
                 job["wildcards"] = dict(item.strip().split("=", 1) for item in line[len("wildcards:"):].split(","))
             elif line.startswith("Shell command:"):
                 job["shell"] = line[len("Shell command:"):].strip()
+        # a job without a shell command (a named target, `all`; this workflow's one `run:` rule is local)
+        # is not submitted
+        job["local"] = job["local"] or job.get("shell", "None") == "None"
         jobs.append(job)
     return jobs
 
@@ -70,8 +73,9 @@ def dry_run(configfile: Path, target: str | None = None, profile: Path = REPO / 
     with tempfile.TemporaryDirectory() as workdir:
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         result = subprocess.run(
-            [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", workdir, "-n", "--profile",
-             str(profile), "--configfile", str(configfile), *([target] if target else [])],
+            [sys.executable, "-m", "snakemake", *([target] if target else []),   # first: --configfile takes nargs='+'
+             "-s", str(REPO / "Snakefile"), "-d", workdir, "-n", "--profile", str(profile), "--configfile",
+             str(configfile)],
             capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"snakemake -n {target or ''} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
