@@ -90,6 +90,11 @@ def test_fetch_downloads_through_torch_hub_with_its_hash_check_and_loads_strictl
     model = load_repdistiller_checkpoint(create_model("resnet18", 1000), path)      # strict, weights only
     assert torch.equal(model.fc.weight, torch.load(source, weights_only=True)["fc.weight"])
     assert fetch(weights) == path                      # already there: checked, not downloaded again
+    record, log = path.parent.parent / "record.json", path.parent.parent / "fetch.log"
+    pretrained.fetch_and_record(weights, record, log)  # what the workflow's local rule pretrained_weights runs
+    written = json.loads(record.read_text())
+    assert written["file"] == str(path) and written["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert written["weights"] == "ResNet18_Weights.IMAGENET1K_V1" and "SHA-256 begins with" in log.read_text()
 
 
 def test_a_wrong_file_in_the_cache_or_at_the_address_is_refused(local_weights, tmp_path, monkeypatch):

@@ -6,6 +6,9 @@
 # torchvision's weights of a pretrained teacher (teachers.pretrained: torchvision:<WEIGHTS>): fetched
 # into torch's hub cache on the submitting node (compute nodes often have no network) with the hash
 # check, or found there; the output records the file and its SHA-256 (mcmi.models.pretrained).
+from mcmi.models.pretrained import fetch_and_record  # noqa: E402
+
+
 rule pretrained_weights:
     output:
         P("pretrained_weights"),
@@ -13,12 +16,7 @@ rule pretrained_weights:
         P("log_pretrained_weights"),
     localrule: True
     run:
-        from contextlib import redirect_stdout
-
-        from mcmi.models.pretrained import fetch_and_record
-
-        with open(log[0], "w") as handle, redirect_stdout(handle):
-            fetch_and_record(W.weights_of(wildcards.weights), output[0])
+        fetch_and_record(W.weights_of(wildcards.weights), output[0], log[0])
 
 
 rule teacher:

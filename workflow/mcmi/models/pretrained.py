@@ -134,12 +134,16 @@ def fetch(weights: TorchvisionWeights) -> Path:
     return path
 
 
-def fetch_and_record(weights: TorchvisionWeights, record: str | Path) -> None:
-    """:func:`fetch`, then write ``record`` (JSON: the weights, the file, its SHA-256, torchvision's
-    accuracy): the workflow's output for the file, which stays in the hub cache."""
+def fetch_and_record(weights: TorchvisionWeights, record: str | Path, log: str | Path | None = None) -> None:
+    """:func:`fetch` (its lines into ``log`` when given), then write ``record`` (JSON: the weights, the
+    file, its SHA-256, torchvision's accuracy): the workflow's output for the file, which stays in the
+    hub cache."""
+    from contextlib import redirect_stdout, nullcontext
+
     from mcmi.provenance import write_json_atomic
 
-    path = fetch(weights)
+    with open(log, "w") if log else nullcontext() as handle, redirect_stdout(handle) if log else nullcontext():
+        path = fetch(weights)
     write_json_atomic(record, {"weights": weights.key, "model": weights.model, "url": weights.url,
                                "file": str(path), "sha256": _sha256(path), "num_classes": weights.num_classes,
                                "torchvision_metrics": weights.metrics})
