@@ -349,7 +349,8 @@ def _rank_pid(launcher: int, rank: int) -> int:
 def test_a_killed_two_process_job_resumes_and_a_dead_process_fails_the_job(tmp_path):
     """Through `mcmi stage` (which starts torchrun): a job whose launcher and processes are SIGKILLed
     mid-run resumes from rank 0's checkpoint on both processes and ends with the uninterrupted job's
-    weights; a job one of whose processes dies exits non-zero, its log naming that rank."""
+    weights; a job one of whose processes dies exits non-zero, its log naming that rank; a process that
+    raises prints a line naming its rank."""
     epochs, max_train = 5, 600
     whole = _teacher(tmp_path / "whole", SYNC, epochs, max_train)
     done = subprocess.run(_command(whole), env=_env(), capture_output=True, text=True, timeout=300)
@@ -376,3 +377,14 @@ def test_a_killed_two_process_job_resumes_and_a_dead_process_fails_the_job(tmp_p
     assert proc.returncode != 0
     assert "rank      : 1 (local_rank: 1)" in output and "Signal 9 (SIGKILL)" in output, output[-3000:]
     assert not Path(dying.out_metrics).exists()
+
+    # a process that raises names itself, and the launcher stops the other (which waits for it)
+    from mcmi.pipeline.specs import MCMISpec
+
+    broken = MCMISpec(dataset=DIGITS, seed=0, out_metrics=str(tmp_path / "broken/metrics.json"), device="cpu",
+                      model="resnet8", teacher_checkpoint=str(tmp_path / "no_such_teacher.pt"), lam=0.1,
+                      recipe=RECIPE, out_model=str(tmp_path / "broken/model.pt"), distributed=SYNC)
+    failed = subprocess.run(_command(broken), env=_env(), capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0
+    assert "[rank 0/2] failed: FileNotFoundError" in failed.stderr and "no_such_teacher.pt" in failed.stderr, \
+        failed.stderr[-3000:]
