@@ -243,7 +243,7 @@ def _one_step(method: str, shard=None, ranks=None):
         step = distributed.data_parallel(student, objective)     # held: its hooks reduce the gradient
         out = step(batch, 1)
         (out.loss * len(batch) * ranks.world / batch.global_size).backward()
-    return {name: p.grad.clone() for name, p in student.named_parameters()}, float(out.loss)
+    return {name: p.grad.clone() for name, p in student.named_parameters()}, float(out.loss.detach())
 
 
 def _crd_setup():
