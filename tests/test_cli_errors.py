@@ -266,8 +266,9 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
         return {}["missing"]
 
     monkeypatch.setattr("mcmi.stages.run_stage", buggy_stage)
+    spec = {"stage": "prepare_data", "dataset": {"kind": "digits"}, "out_metrics": str(tmp_path / "ready.json")}
     with pytest.raises(KeyError):
-        main(["stage", "--spec", "{}"])
+        main(["stage", "--spec", json.dumps(spec)])
 
 
 @pytest.mark.slow

@@ -141,7 +141,7 @@ def slurm_cluster(tmp_path_factory):
     scratch = tmp_path_factory.mktemp("slurm")
     problem = None
     try:
-        cluster = LocalSlurm(scratch)
+        cluster = LocalSlurm(scratch, gpus=2)     # two fake GPUs: test (c) asks for both
     except SlurmUnavailable as e:
         problem = str(e)
     if problem is None:
@@ -242,6 +242,44 @@ def test_real_workflow_target_through_sbatch(slurm_cluster, tmp_path):
     after = (slurm_cluster.log / "slurmctld.log").read_text(errors="replace").count("_slurm_rpc_submit_batch_job")
     assert after - before >= 1
     _check_submitted(slurm_cluster, job_ids, workdir)
+
+
+def test_distributed_job_through_sbatch(slurm_cluster, tmp_path):
+    """(c) a job on 2 processes through the profile: the teacher of `figure2` on config/test.yaml with
+    `distributed.processes: {digits: 2}` and `device: auto` asks sbatch for 2 GPUs and 2 CPUs (one task;
+    `mcmi stage` starts torchrun inside it); without CUDA both ranks run on the CPU with gloo, and rank 0
+    writes the metrics of a 2-process job."""
+    snakefile = _main_snakefile()
+    if snakefile is None:
+        pytest.skip("main workflow not present")
+    workdir = tmp_path / "repo"
+    shutil.copytree(REPO, workdir, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".snakemake", "results", "__pycache__", ".pytest_cache", ".venv", "*.egg-info"))
+    config = yaml.safe_load((workdir / "config" / "test.yaml").read_text())
+    config.update(device="auto", distributed={"processes": {"digits": 2}})
+    configfile = workdir / "config" / "distributed.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    env = _snakemake_env(slurm_cluster)
+    cmd = _slurm_cmd(slurm_cluster, workdir, "--snakefile", str(workdir / snakefile.relative_to(REPO)),
+                     "--configfile", str(configfile), target="figure2")
+    r = _run(cmd, env, workdir, REAL_TIMEOUT)
+    assert r.returncode == 0, (f"snakemake failed (rc={r.returncode})\n{r.stdout[-8000:]}\n"
+                               f"{_job_logs(workdir)}\n{slurm_cluster.logs()}")
+    job_ids = _sbatch_job_ids(workdir)
+    assert len(job_ids) == 1, job_ids                      # the teacher; data and the figure ran locally
+    _check_submitted(slurm_cluster, job_ids, workdir)
+    assert "--gpus=2" in r.stdout and "--cpus-per-task=2" in r.stdout, r.stdout[-4000:]
+    show = subprocess.run([slurm_cluster.bin["scontrol"], "show", "job", *job_ids], env=slurm_cluster.env(),
+                          capture_output=True, text=True, timeout=20).stdout
+    assert "gpu:2" in show, show
+    results = Path(config["results"]) if Path(config["results"]).is_absolute() else workdir / config["results"]
+    log = (results / "logs" / "digits" / "teachers" / "resnet14" / "MLL.log").read_text()
+    assert "torchrun --standalone --nproc-per-node=2" in log, log[-3000:]
+    assert "[rank 0/2] started" in log and "[rank 1/2] started" in log and "backend gloo" in log, log[-3000:]
+    import json
+
+    metrics = json.loads((results / "digits" / "teachers" / "resnet14" / "MLL" / "metrics.json").read_text())
+    assert metrics["provenance"]["processes"] == 2 and metrics["provenance"]["backend"] == "gloo"
 
 
 def test_teardown_leaves_no_process(slurm_cluster):

@@ -25,7 +25,7 @@ Requirements: root (slurmd must run as root), Debian/Ubuntu packages
 ``slurm-wlm munge`` (or slurmctld + slurmd + slurm-client + munge); see
 ``python tests/slurm/cluster.py install`` / ``install_command()``.
 Only the machine's real CPU/memory layout (``slurmd -C``) is used; the node
-advertises a fake ``gpu`` GRES backed by /dev/null so that ``--gpus=N``
+advertises fake ``gpu`` GRES backed by /dev/null, /dev/zero, ... so that ``--gpus=N``
 requests are schedulable without a GPU.
 """
 from __future__ import annotations
@@ -46,6 +46,8 @@ CLIENTS = ("sbatch", "sinfo", "squeue", "scontrol", "srun")
 # client commands that get a SLURM_CONF-setting wrapper in <scratch>/bin
 WRAPPED = CLIENTS + ("scancel", "sacct", "sacctmgr", "sshare", "salloc", "sstat")
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+# device files standing in for fake GPUs (distinct character devices present on every Linux)
+FAKE_GPU_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom")
 
 
 class SlurmUnavailable(RuntimeError):
@@ -238,10 +240,11 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
 """
         self.conf.write_text(conf)
         self.write_wrappers()
-        # fake GPUs: a schedulable `gpu` GRES; /dev/null stands in for the device
-        gres = "".join(f"NodeName={self.host} Name=gpu File=/dev/null\n" for _ in range(self.gpus))
-        if self.gpus > 1:  # one File per GPU would need distinct device paths
-            gres = f"NodeName={self.host} Name=gpu Count={self.gpus}\n"
+        # fake GPUs: a schedulable `gpu` GRES; character devices that every Linux has stand in for
+        # the GPUs' device files (one distinct file per GPU: slurmd counts the files)
+        if self.gpus > len(FAKE_GPU_DEVICES):
+            raise SlurmUnavailable(f"at most {len(FAKE_GPU_DEVICES)} fake GPUs (one device file each)")
+        gres = "".join(f"NodeName={self.host} Name=gpu File={device}\n" for device in FAKE_GPU_DEVICES[:self.gpus])
         (self.etc / "gres.conf").write_text(gres)
 
     def write_wrappers(self) -> None:

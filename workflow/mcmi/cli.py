@@ -55,17 +55,26 @@ def _read_spec(text: str) -> dict[str, Any]:
 
 
 def _cmd_stage(args: argparse.Namespace) -> None:
+    from mcmi.pipeline.specs import parse_spec
     from mcmi.stages import run_stage
 
     spec = _read_spec(args.spec)
     if args.stage_name:
         spec["stage"] = args.stage_name
+    _run_here_or_on_processes(parse_spec(spec))
+
+
+def _run_here_or_on_processes(spec: Any) -> None:
+    """Run the stage in this process, or exec torchrun with the spec's number of processes (mcmi.distributed)."""
+    from mcmi.distributed import relaunch_if_needed
+    from mcmi.stages import run_stage
+
+    relaunch_if_needed(spec.processes, spec.to_json())
     run_stage(spec)
 
 
 def _cmd_hand_run(args: argparse.Namespace) -> None:
     from mcmi.pipeline import handrun
-    from mcmi.stages import run_stage
 
     spec = args.build(args)
     if args.print_spec:
@@ -75,7 +84,7 @@ def _cmd_hand_run(args: argparse.Namespace) -> None:
     handrun.check_before_running(spec, args)
     handrun.apply_threads(threads)
     print(f"job spec ({threads} thread{'s' if threads > 1 else ''}): {spec.to_json()}", flush=True)
-    run_stage(spec)
+    _run_here_or_on_processes(spec)
 
 
 def _cmd_select_lambda(args: argparse.Namespace) -> None:

@@ -21,15 +21,27 @@ import torch.nn.functional as F
 _EPS = 1e-12
 
 
-def class_centroids(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Q[y] = mean of ``probs`` over rows with label y; (num_classes, K). Classes without samples get
-    a uniform row (they contribute nothing to the CMI). Rows are re-normalised to sum to one."""
+def class_sums(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class y: the sum of ``probs`` over rows with label y (num_classes, K) and their number
+    (num_classes, 1), in float64. Sums of disjoint parts of a dataset add up to the whole's."""
     probs = probs.to(torch.float64)
     sums = torch.zeros(num_classes, probs.shape[1], dtype=probs.dtype, device=probs.device)
     sums.index_add_(0, labels, probs)
     counts = torch.bincount(labels, minlength=num_classes).to(probs.dtype).unsqueeze(1)
-    q = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, 1.0 / probs.shape[1]))
+    return sums, counts
+
+
+def centroids_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Q[y] = sums[y] / counts[y] (:func:`class_sums`); a class without samples gets a uniform row (it
+    contributes nothing to the CMI). Rows are re-normalised to sum to one."""
+    q = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, 1.0 / sums.shape[1]))
     return q / q.sum(dim=1, keepdim=True)
+
+
+def class_centroids(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Q[y] = mean of ``probs`` over rows with label y; (num_classes, K). Classes without samples get
+    a uniform row (they contribute nothing to the CMI). Rows are re-normalised to sum to one."""
+    return centroids_from_sums(*class_sums(probs, labels, num_classes))
 
 
 def kl_to_centroids(probs: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -58,6 +70,22 @@ def cmi_and_ll(
     cmi = kl_to_centroids(probs, labels, centroids.to(torch.float64)).mean()
     ll = torch.log(probs.gather(1, labels.unsqueeze(1)).clamp_min(_EPS)).mean()
     return float(cmi), float(ll)
+
+
+def cmi_and_ll_from_shards(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[float, float]:
+    """:func:`cmi_and_ll` of the whole dataset when each process of a distributed job holds its own
+    rows (``probs``, ``labels``): the class sums, the KL sum, the log-likelihood sum and the count are
+    summed over the processes (float64; equal to the single-process values up to the order of the
+    additions)."""
+    from mcmi.distributed import all_sum
+
+    probs = probs.to(torch.float64)
+    sums, counts = class_sums(probs, labels, num_classes)
+    centroids = centroids_from_sums(all_sum(sums), all_sum(counts))
+    kl = kl_to_centroids(probs, labels, centroids).sum()
+    ll = torch.log(probs.gather(1, labels.unsqueeze(1)).clamp_min(_EPS)).sum()
+    total = all_sum(torch.stack([kl, ll, torch.tensor(float(len(labels)), dtype=torch.float64)]))
+    return float(total[0] / total[2]), float(total[1] / total[2])
 
 
 def per_class_cmi(
@@ -108,9 +136,14 @@ def compute_centroids(model: torch.nn.Module, train: Any, batch_size: int, devic
     statistics are updated as a side effect there)."""
     if mode not in ("eval", "train_augmented"):
         raise ValueError(f"mcmi centroid_pass must be 'eval' or 'train_augmented', got {mode!r}")
+    from mcmi import distributed
+
     augmented = mode == "train_augmented"
     model.train(augmented)
     batches = train.batches(batch_size, shuffle=augmented, augment=augmented,
-                            generator=generator if augmented else None, device=device)
+                            generator=generator if augmented else None, device=device, **distributed.shard_kwargs())
     probs, labels = collect_probs(model, batches)
-    return class_centroids(probs, labels, train.num_classes)
+    if not distributed.ranks().active:
+        return class_centroids(probs, labels, train.num_classes)
+    sums, counts = class_sums(probs, labels, train.num_classes)   # each process's rows, summed over them
+    return centroids_from_sums(distributed.all_sum(sums), distributed.all_sum(counts))

@@ -6,11 +6,13 @@ atomically."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from mcmi import distributed
 from mcmi.cmi import compute_centroids
 from mcmi.data.sources import load_dataset
 from mcmi.data.subsets import labelled_train_set, student_train_set
@@ -24,8 +26,8 @@ from mcmi.pipeline.specs import (SHARED_BY_GROUP, CamSpec, ClassCMISpec, DataSpe
 from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
 from mcmi.provenance import (code_fingerprint, link_or_copy, now, provenance, read_json_strict,
                              remove_stale_temporaries, save_torch_atomic, write_json_atomic)
-from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members,
-                        pick_device, seed_everything)
+from mcmi.train import (Member, Precision, Recipe, confusion_matrix, evaluate, fit, fit_members, measure_cmi,
+                        seed_everything)
 
 StageFn = Callable[[Any], Any]
 STAGES: dict[str, StageFn] = {}
@@ -43,15 +45,24 @@ def run_stage(spec: dict[str, Any] | JobSpec) -> Any:
     """Run the stage of ``spec`` (a typed spec, or its dict/JSON form, checked key by key first)."""
     spec = parse_spec(spec)
     jobs = spec.members if isinstance(spec, StudentGroupSpec) else (spec,)
+    first_rank = os.environ.get("RANK", "0") == "0"    # in a distributed job only rank 0 touches files
     for job in jobs:
         out_metrics = getattr(job, "out_metrics", None)
         if out_metrics:
             Path(out_metrics).parent.mkdir(parents=True, exist_ok=True)
         for path in (out_metrics, getattr(job, "out_model", None), getattr(job, "resume", None)):
-            if path:
+            if path and first_rank:
                 for leftover in remove_stale_temporaries(path):
                     print(f"removed {leftover}, left by an interrupted write", flush=True)
-    return STAGES[spec.STAGE](spec)
+    if spec.processes == 1:
+        return STAGES[spec.STAGE](spec)
+    try:
+        result = STAGES[spec.STAGE](spec)
+    except BaseException as error:
+        print(distributed.failure_line(error), file=sys.stderr, flush=True)
+        raise
+    distributed.stop()
+    return result
 
 
 def _resume(spec: TrainingJob, identity: Identity) -> dict[str, Any]:
@@ -68,18 +79,25 @@ def _load_model(name: str, num_classes: int, checkpoint: str | None = None) -> t
 
 
 def _save_model(path: str, model: torch.nn.Module, name: str, epoch: int, accuracy: float) -> None:
-    """Our checkpoints use RepDistiller's layout so other codebases read them too."""
-    save_torch_atomic(path, {"model": model.state_dict(), "epoch": epoch, "accuracy": accuracy, "arch": name})
+    """Our checkpoints use RepDistiller's layout so other codebases read them too (rank 0 writes)."""
+    if distributed.ranks().main:
+        save_torch_atomic(path, {"model": model.state_dict(), "epoch": epoch, "accuracy": accuracy, "arch": name})
 
 
 def _finish(spec: DataSpec | TrainingJob, run_stage_name: str, final: dict[str, Any],
             history: list[dict[str, Any]], device: torch.device, identity: Identity,
             extra_run: dict[str, Any] | None = None, outputs: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the job's metrics: its results, where they came from (its content identity and the
-    digest of each file it wrote, ``outputs``: role -> path) and a seal over all of it."""
+    digest of each file it wrote, ``outputs``: role -> path) and a seal over all of it. In a
+    distributed job rank 0 writes them (with the number of processes); the others return ``final``."""
+    ranks = distributed.ranks()
+    if not ranks.main:
+        return {"run": {"stage": run_stage_name, **spec.run, **(extra_run or {})}, "final": final}
     prov = provenance(spec.to_dict(), spec.seed, device)
     prov.update(spec_fingerprint=identity.spec, identity=identity.to_dict(), identity_key=identity.key,
                 outputs={role: file_digest(path) for role, path in (outputs or {}).items()}, finished=now())
+    if ranks.active:
+        prov.update(processes=ranks.world, backend=torch.distributed.get_backend())
     metrics = sealed({"run": {"stage": run_stage_name, **spec.run, **(extra_run or {})},
                       "final": final, "history": history, "provenance": prov})
     write_json_atomic(spec.out_metrics, metrics)
@@ -96,11 +114,14 @@ def _final_from_history(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _setup(spec: TrainingJob) -> tuple[torch.device, Any, Any, Identity]:
-    """The job's device, its dataset (train, test) and its content identity; the seed is set."""
-    device = pick_device(spec.device)
+    """The job's device (joining its process group when it runs on several processes), its dataset
+    (train, test) and its content identity (computed on rank 0 and broadcast, so every process of a
+    job holds the same); the seed is set."""
+    device = distributed.start(spec.processes, spec.device, spec.batchnorm)
     seed_everything(int(spec.seed))
     train, test = load_dataset(spec.dataset)
-    return device, train, test, job_identity(spec, data_digest(train, test))
+    identity = job_identity(spec, data_digest(train, test)) if distributed.ranks().main else None
+    return device, train, test, distributed.broadcast_object(identity)
 
 
 def _labelled(train: Any, labelled: Labelled | None) -> Any:
@@ -130,7 +151,12 @@ def train_teacher(spec: TeacherSpec) -> dict[str, Any]:
 
 @stage(ImportSpec)
 def import_teacher(spec: ImportSpec) -> dict[str, Any]:
-    """Take a pretrained checkpoint in RepDistiller format instead of training (strict load)."""
+    """Take a pretrained checkpoint (RepDistiller's format, a bare state dict, or torchvision's weights,
+    whose file's hash is checked first) instead of training (strict load)."""
+    if spec.source:
+        from mcmi.models.pretrained import resolve_torchvision, verify_file
+
+        verify_file(resolve_torchvision(spec.model, spec.source), spec.checkpoint)
     device, _, test, identity = _setup(spec)
     model = _load_model(spec.model, test.num_classes, spec.checkpoint).to(device)
     evaluation = evaluate(model, test, 256, device)
@@ -181,22 +207,6 @@ def finetune_regularized(spec: RegularizedSpec) -> dict[str, Any]:
                    outputs={"model": spec.out_model})
 
 
-@torch.no_grad()
-def output_statistics(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device,
-                      temperature: float = 1.0) -> dict[str, float]:
-    """CMI, LL and mean output entropy H(P_x) (nats) of ``model`` over ``data`` at ``temperature``, from
-    one pass in eval mode without augmentation (CMI and LL as ``train.measure_cmi`` computes them)."""
-    from mcmi.cmi import cmi_and_ll, collect_probs, entropy
-    from mcmi.train import check_finite
-
-    model.eval()
-    probs, labels = collect_probs(model, data.batches(batch_size, device=device), temperature)
-    cmi, ll = cmi_and_ll(probs, labels, data.num_classes)
-    result = {"cmi": float(cmi), "ll": float(ll), "entropy": float(entropy(probs.to(torch.float64)).mean())}
-    check_finite(result, f"CMI/LL/entropy on {getattr(data, 'name', 'the training set')} at T={temperature}")
-    return result
-
-
 @stage(MeasureSpec)
 def measure_teacher(spec: MeasureSpec) -> dict[str, Any]:
     """Accuracy on the test set; CMI, LL and the mean output entropy over the training set (eval mode,
@@ -205,7 +215,7 @@ def measure_teacher(spec: MeasureSpec) -> dict[str, Any]:
     model = _load_model(spec.model, train.num_classes, spec.checkpoint).to(device)
     temperature = float(spec.temperature)
     evaluation = evaluate(model, test, 256, device)
-    stats = output_statistics(model, train, 256, device, temperature)
+    stats = measure_cmi(model, train, 256, device, temperature)
     final = {"test_acc": evaluation["acc"], "test_top5": evaluation["top5"], "test_loss": evaluation["loss"],
              "train_cmi": stats["cmi"], "train_ll": stats["ll"], "train_entropy": stats["entropy"],
              "temperature": temperature}
@@ -254,7 +264,9 @@ def train_students(specs: list[StudentSpec | dict[str, Any]]) -> list[dict[str, 
         raise ValueError(f"students trained together must share {', '.join(map(repr, differing))}; "
                          f"members differ: {[[getattr(s, k) for k in differing] for s in specs]}")
     device, full_train, test, first_identity = _setup(specs[0])
-    identities = {spec.out_metrics: job_identity(spec, first_identity.inputs["data"]) for spec in specs}
+    identities = distributed.broadcast_object(
+        {spec.out_metrics: job_identity(spec, first_identity.inputs["data"]) for spec in specs}
+        if distributed.ranks().main else None)
     reused = [_reuse_finished(spec, identities[spec.out_metrics]) for spec in specs]
     todo = [spec for spec, metrics in zip(specs, reused) if metrics is None]
     if not todo:
@@ -298,20 +310,23 @@ def _reuse_finished(spec: StudentSpec, identity: Identity) -> dict[str, Any] | N
                        identity.changes_from(metrics["provenance"].get("identity"))))
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         problem = f"it cannot be read ({error})"
+    main = distributed.ranks().main       # every process decides alike; rank 0 links and logs
     if problem:
-        print(f"[{_student_label(spec)}] not reusing the result kept in {folder}: {problem}; training it",
-              flush=True)
+        if main:
+            print(f"[{_student_label(spec)}] not reusing the result kept in {folder}: {problem}; training it",
+                  flush=True)
         return None
-    for name, target in (("model.pt", spec.out_model), ("metrics.json", spec.out_metrics)):
-        link_or_copy(Path(folder) / name, target)
-    print(f"[{_student_label(spec)}] reusing the finished result kept in {folder} (same job spec, code, "
-          f"teacher and data content); delete that folder to train it again", flush=True)
+    if main:
+        for name, target in (("model.pt", spec.out_model), ("metrics.json", spec.out_metrics)):
+            link_or_copy(Path(folder) / name, target)
+        print(f"[{_student_label(spec)}] reusing the finished result kept in {folder} (same job spec, code, "
+              f"teacher and data content); delete that folder to train it again", flush=True)
     return metrics
 
 
 def _keep_finished(spec: StudentSpec) -> None:
     """Hard-link a finished student's outputs into ``spec.finished`` (see :func:`_reuse_finished`)."""
-    if not spec.finished:
+    if not spec.finished or not distributed.ranks().main:
         return
     for name, source in (("model.pt", spec.out_model), ("metrics.json", spec.out_metrics)):
         link_or_copy(source, Path(spec.finished) / name, copy=False)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcmi.cmi import cmi_and_ll, collect_probs
+from mcmi import distributed
+from mcmi.cmi import cmi_and_ll, cmi_and_ll_from_shards, collect_probs, entropy
 from mcmi.identity import Identity
 from mcmi.objectives import Objective
 from mcmi.provenance import load_torch, save_torch_atomic
@@ -72,9 +73,10 @@ def check_finite(values: dict[str, Any], what: str) -> None:
 _GPU_LOCKS: list[Any] = []   # open lock files: a GPU stays claimed while this process lives
 
 
-def _claim_free_gpu(count: int) -> int:
+def _claim_free_gpu(count: int, strict: bool = False) -> int | None:
     """Index of the first visible GPU no other job of this machine has claimed (an flock per GPU), so
-    N local jobs on N GPUs spread out although Snakemake sets no CUDA_VISIBLE_DEVICES. Falls back to 0."""
+    N local jobs on N GPUs spread out although Snakemake sets no CUDA_VISIBLE_DEVICES (and the N
+    processes of a distributed job take N different GPUs). Falls back to 0, or ``None`` when ``strict``."""
     import fcntl
     import tempfile
 
@@ -88,7 +90,7 @@ def _claim_free_gpu(count: int) -> int:
             continue
         _GPU_LOCKS.append(handle)
         return index
-    return 0
+    return None if strict else 0
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -118,29 +120,35 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def confusion_matrix(model: nn.Module, data: Any, device: torch.device) -> list[list[int]]:
-    """Counts of (true class, predicted class) of ``model`` on ``data`` in eval mode."""
+    """Counts of (true class, predicted class) of ``model`` on ``data`` in eval mode (each process of
+    a distributed job counts its rows; the counts are summed)."""
     model.eval()
     c = data.num_classes
     counts = torch.zeros(c * c, dtype=torch.int64)
-    for batch in data.batches(256, device=device):
+    for batch in data.batches(256, device=device, **distributed.shard_kwargs()):
         pred = model(batch.x).argmax(dim=1).cpu()
         counts += torch.bincount(batch.y.cpu() * c + pred, minlength=c * c)
-    return counts.view(c, c).tolist()
+    return distributed.all_sum(counts).view(c, c).tolist()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (%) of ``model`` on ``data`` in eval mode, no augmentation."""
+    """Loss, top-1 and top-5 accuracy (%) of ``model`` on ``data`` in eval mode, no augmentation. In a
+    distributed job each process evaluates its rows of every batch and the sums are all-reduced (the
+    counts exactly; the loss up to the order of its float additions)."""
     model.eval()
     total, loss, top1, top5 = 0, 0.0, 0, 0
     k = min(5, data.num_classes)
-    for batch in data.batches(batch_size, device=device):
+    for batch in data.batches(batch_size, device=device, **distributed.shard_kwargs()):
         logits = model(batch.x)
         loss += float(F.cross_entropy(logits, batch.y, reduction="sum"))
         top = logits.topk(k, dim=1).indices
         top1 += int((top[:, 0] == batch.y).sum())
         top5 += int((top == batch.y[:, None]).any(dim=1).sum())
         total += len(batch)
+    if distributed.ranks().active:
+        sums = distributed.all_sum(torch.tensor([loss, top1, top5, total], dtype=torch.float64))
+        loss, top1, top5, total = float(sums[0]), int(sums[1]), int(sums[2]), int(sums[3])
     result = {"loss": loss / total, "acc": 100.0 * top1 / total, "top5": 100.0 * top5 / total}
     check_finite(result, f"evaluation on {getattr(data, 'name', 'the test set')}")
     return result
@@ -149,12 +157,21 @@ def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device)
 @torch.no_grad()
 def measure_cmi(model: nn.Module, data: Any, batch_size: int, device: torch.device,
                 temperature: float = 1.0) -> dict[str, float]:
-    """CMI and LL (nats) of ``model`` over ``data`` at ``temperature``: eval mode, no augmentation."""
+    """CMI, LL and the mean output entropy H(P_x) (nats) of ``model`` over ``data`` at ``temperature``,
+    from one pass in eval mode without augmentation. In a distributed job each process takes its rows
+    and the class sums, KL, log-likelihood and entropy sums are all-reduced
+    (:func:`mcmi.cmi.cmi_and_ll_from_shards`)."""
     model.eval()
-    probs, labels = collect_probs(model, data.batches(batch_size, device=device), temperature)
-    cmi, ll = cmi_and_ll(probs, labels, data.num_classes)
-    result = {"cmi": float(cmi), "ll": float(ll)}
-    check_finite(result, f"CMI/LL on {getattr(data, 'name', 'the training set')} at T={temperature}")
+    probs, labels = collect_probs(model, data.batches(batch_size, device=device, **distributed.shard_kwargs()),
+                                  temperature)
+    combine = cmi_and_ll_from_shards if distributed.ranks().active else cmi_and_ll
+    cmi, ll = combine(probs, labels, data.num_classes)
+    entropy_and_count = torch.stack([entropy(probs.to(torch.float64)).sum(),
+                                     torch.tensor(float(len(labels)), dtype=torch.float64)])
+    if distributed.ranks().active:
+        entropy_and_count = distributed.all_sum(entropy_and_count)
+    result = {"cmi": float(cmi), "ll": float(ll), "entropy": float(entropy_and_count[0] / entropy_and_count[1])}
+    check_finite(result, f"CMI/LL/entropy on {getattr(data, 'name', 'the training set')} at T={temperature}")
     return result
 
 
@@ -172,7 +189,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stdout, flush=True)
+    """A progress line (in a distributed job, rank 0's only)."""
+    if distributed.ranks().main:
+        print(message, file=sys.stdout, flush=True)
 
 
 def _resumable_state(path: str | os.PathLike | None, key: str | None, label: str,
@@ -189,16 +208,22 @@ def _resumable_state(path: str | os.PathLike | None, key: str | None, label: str
             raise ValueError("not a resume checkpoint of this trainer")
     except (ValueError, FileNotFoundError) as error:
         _log(f"[{label}] discarding unreadable resume checkpoint {path} ({error}); starting afresh")
-        Path(path).unlink(missing_ok=True)
+        _discard(path)
         return None
     if state.get("resume_key") != key:
         why = (f"key {str(state.get('resume_key'))[:12]}, this job {str(key)[:12]}" if parts is None else
                Identity.from_dict(parts).changes_from(state.get("resume_parts")))
         _log(f"[{label}] discarding resume checkpoint {path}: it was written by another job ({why}); "
              f"starting afresh")
-        Path(path).unlink(missing_ok=True)
+        _discard(path)
         return None
     return state
+
+
+def _discard(path: str | os.PathLike) -> None:
+    """Delete a resume checkpoint that will not be used (rank 0 alone deletes; every rank decides alike)."""
+    if distributed.ranks().main:
+        Path(path).unlink(missing_ok=True)
 
 
 @dataclass
@@ -241,34 +266,49 @@ class Member:
                                          weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
         self.data_gen = torch.Generator().manual_seed(seed)
         self.rng = _rng_state()            # this member's own stream for the objective's sampling
+        ranks = distributed.ranks()
+        if ranks.rank > 0:                 # each process of a distributed job draws its own numbers
+            outer = _rng_state()
+            seed_everything(distributed.rank_seed(seed, ranks.rank))
+            self.rng = _rng_state()
+            _set_rng_state(outer)
         self.history: list[dict[str, float]] = []
         self.epochs_done = 0
         self.last_epoch = min(recipe.epochs, stop_after_epoch or recipe.epochs)
         self.failure: str | None = None
         self.sums: _StepSums | None = None     # this epoch's running sums (set by the epoch loop)
         self.tic = 0.0
+        self.step_module: nn.Module | None = None   # the DistributedDataParallel step of a distributed job
         state = _resumable_state(resume_path, resume_key, label, resume_parts)
         if state is not None:
             model.load_state_dict(state["model"])
             objective.load_state_dict(state["objective"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.data_gen.set_state(state["data_generator"])
-            self.rng = state["rng"]
+            self.rng = state["rng_by_rank"][ranks.rank] if ranks.active else state["rng"]
             self.history = list(state["history"])
             self.epochs_done = int(state["epoch"])
             _log(f"[{label}] resuming from {resume_path} after epoch {state['epoch']}")
+        if ranks.active:
+            distributed.check_same(self.epochs_done, f"the epoch [{label}] resumes after (resume checkpoint "
+                                                     f"{resume_path})")
 
     @property
     def done(self) -> bool:
         return self.failure is not None or self.epochs_done >= self.last_epoch
 
     def save(self) -> None:
-        if self.resume_path is not None:
+        """Write the resume checkpoint (rank 0 writes it, with every rank's random stream)."""
+        if self.resume_path is None:
+            return
+        ranks = distributed.ranks()
+        extra = {"rng_by_rank": distributed.gather_objects(self.rng)} if ranks.active else {}
+        if ranks.main:
             save_torch_atomic(self.resume_path, {
                 "model": self.model.state_dict(), "objective": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "data_generator": self.data_gen.get_state(),
                 "rng": self.rng, "history": self.history, "epoch": self.epochs_done,
-                "resume_key": self.resume_key, "resume_parts": self.resume_parts,
+                "resume_key": self.resume_key, "resume_parts": self.resume_parts, **extra,
             })
 
 
@@ -305,7 +345,18 @@ class _StepSums:
         if step < 0:
             return None
         terms = {k: float(v) for k, v in self.bad_terms.items()}
-        return f"[{label}] non-finite loss at epoch {epoch}, step {step}: {terms}"
+        where = f" ({distributed.ranks()})" if distributed.ranks().active else ""
+        return f"[{label}] non-finite loss at epoch {epoch}, step {step}{where}: {terms}"
+
+    def reduce(self) -> None:
+        """Sum this epoch's sums over the processes of a distributed job (counts exactly)."""
+        names = sorted(self.terms)
+        local = torch.stack([self.loss, self.correct.to(torch.float64),
+                             torch.tensor(float(self.seen), dtype=torch.float64, device=self.device),
+                             *[self.terms[k] for k in names]])
+        total = distributed.all_sum(local)
+        self.loss, self.correct, self.seen = total[0], total[1].round().to(torch.int64), int(total[2].round())
+        self.terms = {k: total[3 + i] for i, k in enumerate(names)}
 
 
 def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.device, augment: bool = True,
@@ -317,6 +368,8 @@ def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.d
     equals the same member trained alone. A member whose loss goes non-finite stops (its last good
     checkpoint stays); the others go on and are saved; then :class:`NonFiniteLossError` names it."""
     precision = precision or Precision()
+    if distributed.ranks().active:
+        _prepare_distributed(members, train)
     while not all(m.done for m in members):
         epoch = min(m.epochs_done for m in members if not m.done) + 1
         cohort = [m for m in members if not m.done and m.epochs_done + 1 == epoch]
@@ -332,6 +385,20 @@ def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.d
         raise NonFiniteLossError("; ".join(failed))
 
 
+def _prepare_distributed(members: list[Member], train: Any) -> None:
+    """Before a distributed job trains: every batch can give each process a sample, BatchNorm layers
+    follow the job's mode, and each member steps through its own DistributedDataParallel module."""
+    ranks = distributed.ranks()
+    for member in members:
+        distributed.check_batches(len(train), member.recipe.batch_size, ranks.world, member.label)
+        if member.step_module is None and not member.done:
+            distributed.sync_batchnorm(member.model)
+            for name, child in list(member.objective.named_children()):
+                if name != "teacher":     # a frozen teacher runs in eval mode: plain BatchNorm
+                    setattr(member.objective, name, distributed.sync_batchnorm(child))
+            member.step_module = distributed.data_parallel(member.model, member.objective)
+
+
 def _train_epoch(cohort: list[Member], epoch: int, train: Any, device: torch.device, augment: bool,
                  teacher_cache: Any, precision: Precision) -> None:
     data_gen = torch.Generator().manual_seed(0)
@@ -345,17 +412,22 @@ def _train_epoch(cohort: list[Member], epoch: int, train: Any, device: torch.dev
         member.sums = _StepSums(device)
         member.tic = time.time()
     outer_rng = _rng_state()
+    ranks = distributed.ranks()
     for step, batch in enumerate(train.batches(cohort[0].recipe.batch_size, shuffle=True, augment=augment,
-                                               generator=data_gen, device=device)):
+                                               generator=data_gen, device=device, **distributed.shard_kwargs())):
         batch.x = precision.layout(batch.x)
         if teacher_cache is not None:
             teacher_cache.clear()
+        # a process's loss is its rows' mean: weighted by its share of the global batch (times the
+        # number of processes, which DDP's average divides out), the gradient is the global batch's
+        share = len(batch) * ranks.world / batch.global_size if ranks.active else None
         for member in cohort:
             _set_rng_state(member.rng)
             with precision.autocast(device):
-                out = member.objective.step(member.model, batch, epoch)
+                out = (member.step_module(batch, epoch) if member.step_module is not None
+                       else member.objective.step(member.model, batch, epoch))
             member.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            (out.loss if share is None else out.loss * share).backward()
             member.optimizer.step()
             member.sums.add(step, out, batch.y)
             member.rng = _rng_state()
@@ -365,6 +437,10 @@ def _train_epoch(cohort: list[Member], epoch: int, train: Any, device: torch.dev
     for member in cohort:
         member.data_gen.set_state(data_gen.get_state())
         member.failure = member.sums.failure(member.label, epoch)
+        if ranks.active:
+            member.sums.reduce()
+            member.failure = next((f for f in distributed.gather_objects(member.failure) if f), None)
+            distributed.broadcast_buffers(member.model)   # rank 0's running statistics, as evaluated and saved
 
 
 def _end_epoch(member: Member, epoch: int, train: Any, test: Any, device: torch.device) -> None:

@@ -70,9 +70,19 @@ def stage_command(spec_param="spec"):
 
 
 def train_resources(kind):
-    """threads/mem/runtime/gpu for a training job of this kind (teacher, mcmi, student, measure)."""
-    return dict(
-        mem_mb=lambda wc: W.mem_mb(wc.dataset),
-        runtime=lambda wc: W.runtime_minutes(kind, wc.dataset),
-        gpu=lambda wc: W.gpus_per_job,
-    )
+    """mem/runtime/gpu of a job of this kind (teacher, hsakd_heads, measure, mcmi, student): one GPU per
+    process, the wall time from the stated per-epoch costs (mcmi.pipeline.resources)."""
+
+    def get(key):
+        def value(wc):
+            model = wc.student if kind == "student" else wc.teacher
+            return W.job_resources(kind, wc.dataset, model, getattr(wc, "variant", "MLL"))[key]
+
+        return value
+
+    return dict(mem_mb=get("mem_mb"), runtime=get("runtime"), gpu=get("gpu"))
+
+
+def job_threads(wc):
+    """CPU threads of a job: per process times its processes (distributed.threads, threads)."""
+    return W.job_threads(wc.dataset)

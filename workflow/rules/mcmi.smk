@@ -19,7 +19,7 @@ rule mcmi_finetune:
         spec=lambda wc: spec_json(W.finetune_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
         P("log_teacher"),
-    threads: W.threads
+    threads: job_threads
     resources:
         **train_resources("mcmi"),
     conda:

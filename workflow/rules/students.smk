@@ -18,7 +18,7 @@ for _group in W.student_groups():
             spec=spec_json(W.group_spec(_group)),
         log:
             P("log_student_group", group=_group.name),
-        threads: W.threads
+        threads: W.group_threads(_group)
         resources:
             **W.group_resources(_group),
         conda:
@@ -37,7 +37,7 @@ rule student_vanilla:
         spec=lambda wc: spec_json(W.vanilla_spec(wc.dataset, wc.student, wc.seed)),
     log:
         P("log_vanilla"),
-    threads: W.threads
+    threads: job_threads
     resources:
         **train_resources("student"),
     conda:

@@ -1,6 +1,22 @@
-# Stage: teachers. The MLL teacher (cross-entropy; or a pretrained RepDistiller checkpoint), the
-# early-stopped teacher (ES<epochs>), HSAKD's auxiliary heads on a frozen teacher, and the
-# measurement of a teacher's accuracy, CMI and LL at a temperature.
+# Stage: teachers. The MLL teacher (cross-entropy; or a pretrained checkpoint: RepDistiller's format,
+# or torchvision's weights), the early-stopped teacher (ES<epochs>), HSAKD's auxiliary heads on a
+# frozen teacher, and the measurement of a teacher's accuracy, CMI and LL at a temperature.
+
+
+# torchvision's weights of a pretrained teacher (teachers.pretrained: torchvision:<WEIGHTS>): fetched
+# into torch's hub cache on the submitting node (compute nodes often have no network) with the hash
+# check, or found there; the output records the file and its SHA-256 (mcmi.models.pretrained).
+from mcmi.models.pretrained import fetch_and_record  # noqa: E402
+
+
+rule pretrained_weights:
+    output:
+        P("pretrained_weights"),
+    log:
+        P("log_pretrained_weights"),
+    localrule: True
+    run:
+        fetch_and_record(W.weights_of(wildcards.weights), output[0], log[0])
 
 
 rule teacher:
@@ -15,7 +31,7 @@ rule teacher:
         spec=lambda wc: spec_json(W.teacher_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
         P("log_teacher"),
-    threads: W.threads
+    threads: job_threads
     resources:
         **train_resources("teacher"),
     conda:
@@ -35,7 +51,7 @@ rule hsakd_heads:
         spec=lambda wc: spec_json(W.hsakd_heads_spec(wc.dataset, wc.teacher, wc.variant)),
     log:
         P("log_hsakd_heads"),
-    threads: W.threads
+    threads: job_threads
     resources:
         **train_resources("hsakd_heads"),
     conda:
@@ -54,7 +70,7 @@ rule measure:
         spec=lambda wc: spec_json(W.measure_spec(wc.dataset, wc.teacher, wc.variant, wc.temp)),
     log:
         P("log_measure"),
-    threads: W.threads
+    threads: job_threads
     resources:
         **train_resources("measure"),
     conda:

@@ -10,11 +10,14 @@ import torch
 
 @dataclass
 class Batch:
-    """Inputs ``x`` (normalised float), labels ``y`` (int64) and dataset indices ``index`` (int64)."""
+    """Inputs ``x`` (normalised float), labels ``y`` (int64) and dataset indices ``index`` (int64).
+    In a job of several processes a batch is this rank's rows of a global batch of ``global_size``
+    samples (``None``: the batch is the whole batch)."""
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
+    global_size: int | None = None
     _derived: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:

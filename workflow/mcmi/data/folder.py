@@ -88,9 +88,20 @@ def read_image_folder(root: Path, image_size: int) -> tuple[TensorImageDataset, 
     return decode(train_tree, "train"), decode(val_tree, "val")
 
 
+def sample_seed(epoch_seed: int, position: int) -> int:
+    """Seed of the random augmentation of the sample at ``position`` in an epoch whose seed is
+    ``epoch_seed``: a function of the two alone, so which worker or process decodes it does not matter."""
+    digest = hashlib.blake2b(f"{epoch_seed}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 class _IndexedFolder(torch.utils.data.Dataset):
-    def __init__(self, tree: Any, transform: Any, indices: torch.Tensor | None = None) -> None:
-        self.tree, self.transform = tree, transform
+    """Samples of an ImageFolder by position; with ``epoch_seed`` each sample's random transform
+    draws from its own seed (:func:`sample_seed`)."""
+
+    def __init__(self, tree: Any, transform: Any, indices: torch.Tensor | None = None,
+                 epoch_seed: int | None = None) -> None:
+        self.tree, self.transform, self.epoch_seed = tree, transform, epoch_seed
         self.indices = indices if indices is not None else torch.arange(len(tree.samples))
 
     def __len__(self) -> int:
@@ -98,7 +109,13 @@ class _IndexedFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
         path, label = self.tree.samples[int(self.indices[position])]
-        return self.transform(open_image(self.tree.loader, path)), label, position
+        image = open_image(self.tree.loader, path)
+        if self.epoch_seed is None:
+            return self.transform(image), label, position
+        in_worker = torch.utils.data.get_worker_info() is not None
+        with torch.random.fork_rng(devices=[], enabled=not in_worker):   # a worker's stream is its own
+            torch.manual_seed(sample_seed(self.epoch_seed, position))
+            return self.transform(image), label, position
 
 
 class StreamingImageFolder:
@@ -115,7 +132,11 @@ class StreamingImageFolder:
         self.indices = indices if indices is not None else torch.arange(len(self.tree.samples))
         self.labels = torch.tensor([self.tree.samples[int(i)][1] for i in self.indices], dtype=torch.int64)
         self.num_classes = len(self.tree.classes)
-        self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        if workers is None:
+            from mcmi.distributed import default_workers
+
+            workers = default_workers()
+        self.workers = workers
         self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, self.root.name
 
     def __len__(self) -> int:
@@ -156,14 +177,34 @@ class StreamingImageFolder:
         return transforms.Compose(head + [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Iterator[Batch]:
+                generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                shard: tuple[int, int] | None = None) -> Iterator[Batch]:
+        """Batches decoded by ``self.workers`` DataLoader processes into pinned memory (on CUDA).
+
+        One draw from ``generator`` per call seeds the epoch: its permutation and every sample's
+        random crop and flip (a seed per sample, :func:`sample_seed`), so an epoch is the same
+        whatever the number of workers or processes. ``shard=(rank, world)``: only that rank's rows of
+        every batch (:func:`mcmi.distributed.shard_bounds`); the ranks' batches together are the
+        single process's batches."""
+        from mcmi.distributed import shard_bounds
+
         if (shuffle or augment) and generator is None:
             raise ValueError("shuffle/augment need an explicit torch.Generator (reproducibility)")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
+        n = len(self)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+        plan, sizes = [], []
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            first, stop = shard_bounds(len(rows), *(shard or (0, 1)))
+            if stop > first:
+                plan.append(rows[first:stop].tolist())
+                sizes.append(len(rows))
         loader = torch.utils.data.DataLoader(
-            _IndexedFolder(self.tree, self._transform(augment), self.indices), batch_size=batch_size,
-            shuffle=shuffle, num_workers=self.workers, pin_memory=str(device).startswith("cuda"),
-            generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+            _IndexedFolder(self.tree, self._transform(augment), self.indices, seed if augment else None),
+            batch_sampler=plan, num_workers=self.workers, pin_memory=str(device).startswith("cuda"),
+            persistent_workers=False,
         )
-        for x, y, index in loader:
-            yield Batch(x.to(device, non_blocking=True), y.to(device), index.to(device))
+        for (x, y, index), size in zip(loader, sizes):
+            yield Batch(x.to(device, non_blocking=True), y.to(device), index.to(device),
+                        global_size=size if shard is not None else None)

@@ -12,16 +12,27 @@ import torch
 from mcmi.data.batch import Batch
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+def crop_flip_params(b: int, generator: torch.Generator, padding: int = 4
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random offsets (dy, dx) and flips of :func:`random_crop_flip` for a batch of ``b``, drawn
+    from ``generator`` in that order (on the CPU)."""
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4,
+                     params: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Per-sample random crop (zero padding ``padding``) and horizontal flip of a (B, C, H, W) batch.
 
     Equivalent to torchvision's RandomCrop(size, padding) + RandomHorizontalFlip applied image by
-    image before normalisation, but done for the whole batch at once."""
+    image before normalisation, but done for the whole batch at once. ``params`` (rows of
+    :func:`crop_flip_params`) replaces the draw from ``generator``."""
     b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+    dy, dx, flip = params if params is not None else crop_flip_params(b, generator, padding)
+    dy, dx, flip = dy.to(images.device), dx.to(images.device), flip.to(images.device)
     rows = dy[:, None] + torch.arange(h, device=images.device)[None, :]            # (B, H)
     cols = dx[:, None] + torch.arange(w, device=images.device)[None, :]            # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -89,8 +100,13 @@ class TensorImageDataset:
         augment: bool = False,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
-        """Yield normalised batches; shuffling and augmentation draw from ``generator`` only."""
+        """Yield normalised batches; shuffling and augmentation draw from ``generator`` only.
+
+        ``shard=(rank, world)``: only that rank's rows of every batch (:func:`mcmi.distributed.shard_bounds`),
+        with the permutation and the augmentation of the whole batch drawn as without it, so the
+        ranks' batches together are the single process's batches."""
         if (shuffle or augment) and generator is None:
             raise ValueError("shuffle/augment need an explicit torch.Generator (reproducibility)")
         n = len(self)
@@ -99,10 +115,22 @@ class TensorImageDataset:
         order = order.to(images.device)
         for start in range(0, n, batch_size):
             index = order[start:start + batch_size]
+            if shard is None:
+                x = images[index]
+                if augment:
+                    x = random_crop_flip(x, generator, self.crop_padding)
+                yield Batch(self.normalise(x), labels[index], index)
+                continue
+            from mcmi.distributed import shard_bounds
+
+            size = len(index)
+            first, stop = shard_bounds(size, *shard)
+            params = crop_flip_params(size, generator, self.crop_padding) if augment else None
+            index = index[first:stop]
             x = images[index]
-            if augment:
-                x = random_crop_flip(x, generator, self.crop_padding)
-            yield Batch(self.normalise(x), labels[index], index)
+            if params is not None:
+                x = random_crop_flip(x, generator, self.crop_padding, tuple(p[first:stop] for p in params))
+            yield Batch(self.normalise(x), labels[index], index, global_size=size)
 
     def on_device(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (uint8) and labels on ``device``, copied there once and kept: a GPU job indexes,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcmi import distributed
 from mcmi.data.batch import Batch
 from mcmi.distill.base import DistillMethod, PairContext, register
 from mcmi.models.base import Features
@@ -114,6 +115,9 @@ class CRD(DistillMethod):
 
     @torch.no_grad()
     def _update_memory(self, memory: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> None:
+        """Momentum update of the bank rows of the batch; in a distributed job with the rows of every
+        process's shard (gathered), so each process's banks stay the single process's."""
+        index, value = distributed.gather_rows(index), distributed.gather_rows(value.detach())
         momentum = float(self.hparams["nce_m"])
         mixed = memory[index] * momentum + value.detach() * (1.0 - momentum)
         memory.index_copy_(0, index, F.normalize(mixed, p=2, dim=1))
@@ -127,10 +131,10 @@ class CRD(DistillMethod):
         out_s = self._scores(self.memory_t, rows, v_s)
         out_t = self._scores(self.memory_s, rows, v_t)
         num_train = self.memory_s.shape[0]
-        if self.z_s < 0:
-            self.z_s.fill_(out_s.detach().mean().item() * num_train)
+        if self.z_s < 0:   # normalising constants from the first (global) batch
+            self.z_s.fill_(distributed.global_mean(out_s.detach()).item() * num_train)
         if self.z_t < 0:
-            self.z_t.fill_(out_t.detach().mean().item() * num_train)
+            self.z_t.fill_(distributed.global_mean(out_t.detach()).item() * num_train)
         loss = nce_loss(out_s / self.z_s, num_train) + nce_loss(out_t / self.z_t, num_train)
         self._update_memory(self.memory_s, index, v_s)
         self._update_memory(self.memory_t, index, v_t)

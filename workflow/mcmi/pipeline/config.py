@@ -148,8 +148,7 @@ def check_config(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"teachers.pretrained.{ds}: dataset {ds!r} is not defined under 'datasets'")
         for model, path in models.items():
             check_model(model, f"teachers.pretrained.{ds}.{model}")
-            if not Path(path).is_file():
-                raise ConfigError(f"teachers.pretrained.{ds}.{model}: checkpoint {path} does not exist")
+            _check_pretrained(path, model, f"teachers.pretrained.{ds}.{model}")
     selection = cfg["mcmi"]["lambda_selection"]
     for teacher, student in selection.get("student_of", {}).items():
         check_model(teacher, f"mcmi.lambda_selection.student_of.{teacher}")
@@ -215,6 +214,20 @@ def check_paper_dir(paper_dir: str, raw: str) -> None:
         where = "" if raw == paper_dir else f" (looked for {paper_dir})"
         raise ConfigError(f"paper_dir: {raw!r} is not a folder{where}; the tables need the paper's published "
                           f"numbers there (this repository's config/paper)")
+
+
+def _check_pretrained(source: str, model: str, key: str) -> None:
+    """A pretrained teacher is an existing file or torchvision weights of that model."""
+    from mcmi.models.pretrained import is_torchvision, resolve_torchvision
+
+    if is_torchvision(source):
+        try:
+            resolve_torchvision(model, source)
+        except ValueError as error:
+            raise ConfigError(f"{key}: {error}") from error
+    elif not Path(source).is_file():
+        raise ConfigError(f"{key}: checkpoint {source} does not exist (or write torchvision:<WEIGHTS> for "
+                          f"torchvision's weights of an ImageNet model)")
 
 
 def _check_results_path(results: Any) -> None:

@@ -34,6 +34,7 @@ TEMPLATES: dict[str, str] = {
     "vanilla_metrics": f"{_VANILLA}/metrics.json",
     "vanilla_model": f"{_VANILLA}/model.pt",
     "synthetic": "synthetic/{preset}/dmu{dmu}.json",
+    "pretrained_weights": "pretrained/{weights}.json",     # torchvision weights checked in the hub cache
     "table": "tables/table{n}.{ext}",
     "figure": "figures/figure{n}.{ext}",
     # logs, one per job
@@ -49,6 +50,7 @@ TEMPLATES: dict[str, str] = {
     "log_vanilla": "logs/{dataset}/students/vanilla/{student}/seed{seed}.log",
     "log_student_group": "logs/student_groups/{group}.log",
     "log_synthetic": "logs/synthetic/{preset}/dmu{dmu}.log",
+    "log_pretrained_weights": "logs/pretrained/{weights}.log",
     "log_table": "logs/tables/table{n}.log",
     "log_figure": "logs/figures/figure{n}.log",
 }

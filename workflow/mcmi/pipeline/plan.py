@@ -14,6 +14,7 @@ from mcmi.pipeline.config import (ConfigError, check_config, check_device_here, 
 from mcmi.pipeline.naming import (FULL, MCMI, MLL, VARIANTS, Setting, Variant, grid_variant, number_text, split_pair,
                                   temperature_setting)
 from mcmi.pipeline.paths import Paths
+from mcmi.pipeline.resources import Resources, split_to_fit
 from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, JobSpec, Labelled, MCMISpec, MeasureSpec,
                                  RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
 from mcmi.provenance import canonical_json, read_json_strict, write_text_atomic
@@ -57,6 +58,7 @@ class WorkflowConfig:
         self.results = self.paths.results
         self.gpus_per_job = 0 if self.config["device"] == "cpu" else 1
         self.threads = int(self.config["threads"])
+        self.resources = Resources(self.config)    # processes, threads, memory and wall time per job
         paper = Path(self.config["paper_dir"])
         self.paper_dir = str(paper if paper.is_absolute() or paper.exists() else self.repo / paper)
         self._groups: list[StudentGroup] | None = None    # planned once, on first use
@@ -156,13 +158,35 @@ class WorkflowConfig:
         return hparams
 
     def pretrained(self, ds: str, teacher: str) -> str | None:
+        """The config's pretrained source of a teacher: a file, or ``torchvision:<WEIGHTS>``."""
         return self.config["teachers"]["pretrained"].get(ds, {}).get(teacher)
+
+    def pretrained_file(self, ds: str, teacher: str) -> str | None:
+        """The file a pretrained teacher is loaded from: the configured file, or torchvision's in the
+        hub cache (mcmi.models.pretrained), which a local rule fetches."""
+        from mcmi.models.pretrained import is_torchvision, resolve_torchvision
+
+        source = self.pretrained(ds, teacher)
+        return str(resolve_torchvision(teacher, source).file) if is_torchvision(source) else source
+
+    def torchvision_weights(self) -> list[Any]:
+        """Every distinct torchvision weights file the config's pretrained teachers use."""
+        from mcmi.models.pretrained import is_torchvision, resolve_torchvision
+
+        found = {}
+        for models in self.config["teachers"]["pretrained"].values():
+            for model, source in sorted(models.items()):
+                if is_torchvision(source):
+                    weights = resolve_torchvision(model, source)
+                    found.setdefault(str(weights.file), weights)
+        return list(found.values())
 
     # ------------------------------------------------------------------ job specs
     def job_fields(self, ds: str, seed: int, out_metrics: str, run: dict[str, Any]) -> dict[str, Any]:
         """Fields of every training job (dataset, seed, device, metrics file, resume point, run block)."""
         return {"dataset": self.dataset_spec(ds), "seed": int(seed), "device": self.config["device"],
-                "out_metrics": out_metrics, "resume": self.paths.resume(out_metrics), "run": run}
+                "out_metrics": out_metrics, "resume": self.paths.resume(out_metrics), "run": run,
+                "distributed": self.resources.distributed_spec(ds)}
 
     def _numerics(self) -> dict[str, Any]:
         """Training numerics of students (config ``precision``, ``channels_last``)."""
@@ -181,7 +205,11 @@ class WorkflowConfig:
                         {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)})
         out_model = self.teacher_model(ds, teacher, variant)
         if variant == MLL and self.pretrained(ds, teacher):
-            return ImportSpec(**job, model=teacher, out_model=out_model, checkpoint=self.pretrained(ds, teacher))
+            from mcmi.models.pretrained import is_torchvision
+
+            source = self.pretrained(ds, teacher)
+            return ImportSpec(**job, model=teacher, out_model=out_model, checkpoint=self.pretrained_file(ds, teacher),
+                              source=source if is_torchvision(source) else None)
         fig2 = self.config["experiments"].get("figure2")
         traces_cmi = variant == MLL and fig2 and fig2["dataset"] == ds and teacher in fig2["teachers"]
         parsed = Variant.parse(variant)
@@ -318,10 +346,22 @@ class WorkflowConfig:
     def teacher_inputs(self, ds: str, teacher: str, variant: str) -> dict[str, str]:
         """A teacher job needs its data; an imported (pretrained) one also its checkpoint file, so
         replacing that file reruns the import and everything downstream."""
+        from mcmi.models.pretrained import is_torchvision, resolve_torchvision
+
         inputs = {"ready": self.data_ready(ds)}
-        if variant == MLL and self.pretrained(ds, teacher):
-            inputs["checkpoint"] = self.pretrained(ds, teacher)
+        source = self.pretrained(ds, teacher) if variant == MLL else None
+        if is_torchvision(source):     # fetched and checked by the local rule pretrained_weights
+            inputs["weights"] = self.paths.path("pretrained_weights", weights=resolve_torchvision(teacher, source).key)
+        elif source:
+            inputs["checkpoint"] = source
         return inputs
+
+    def weights_of(self, key: str) -> Any:
+        """The torchvision weights named ``key`` (``<enum>.<name>``) among the config's pretrained teachers."""
+        for weights in self.torchvision_weights():
+            if weights.key == key:
+                return weights
+        raise ConfigError(f"teachers.pretrained: no torchvision weights {key!r} configured")
 
     # ------------------------------------------------------------------ grouped student jobs
     def student_cells(self) -> list[StudentCell]:
@@ -362,7 +402,8 @@ class WorkflowConfig:
     def student_groups(self) -> list[StudentGroup]:
         """The student jobs: cells that share (dataset, teacher checkpoint, setting, seed, batch size) --
         and the student model too when ``student_groups.by`` is 'pair' -- in chunks of at most
-        ``student_groups.max_students``; 'none' makes every student a job of its own."""
+        ``student_groups.max_students``, and of at most ``walltime.max_job_hours`` (a chunk that would ask
+        for more is split into balanced parts); 'none' makes every student a job of its own."""
         if self._groups is not None:
             return self._groups
         options = self.config["student_groups"]
@@ -380,10 +421,27 @@ class WorkflowConfig:
                     f"student_{ds}_{teacher}_{single.student}_{single.method}_{variant}_{single.setting}_seed{seed}")
             base = re.sub(r"[^A-Za-z0-9_]", "_", base.replace("+", "plus"))
             chunks = [cells[i:i + limit] for i in range(0, len(cells), limit)] if limit else [cells]
+            chunks = [part for chunk in chunks for part in self._fit_wall_time(chunk)]
             for k, chunk in enumerate(chunks):
                 groups.append(StudentGroup(f"{base}_part{k + 1}" if len(chunks) > 1 else base, chunk))
         self._groups = groups
         return groups
+
+    def _group_minutes(self, cells: list[StudentCell]) -> tuple[float, int]:
+        """GPU-minutes of a group of cells on one GPU, and the minutes it would ask for."""
+        first = cells[0]
+        epochs = max(self.recipe(c.ds, "student", c.student)["epochs"] for c in cells)
+        teacher = first.teacher if first.method != "vanilla" else None
+        gpu = self.resources.group_gpu_minutes(first.ds, teacher, [(c.student, c.method) for c in cells], epochs)
+        return gpu, self.resources.minutes(first.ds, gpu)
+
+    def _fit_wall_time(self, cells: list[StudentCell]) -> list[list[StudentCell]]:
+        """``cells`` split so that no part asks for more than ``walltime.max_job_hours``; a student that
+        cannot fit alone fails planning saying what to change."""
+        parts = split_to_fit(cells, lambda part: self._group_minutes(part)[1], self.resources.limit_minutes())
+        for part in parts:
+            self.resources.checked(f"the student job of {part[0]}", part[0].ds, self._group_minutes(part)[0])
+        return parts
 
     def group_outputs(self, group: StudentGroup) -> list[str]:
         out = []
@@ -406,13 +464,14 @@ class WorkflowConfig:
             for c in group.cells))
 
     def group_resources(self, group: StudentGroup) -> dict[str, int]:
-        """Scheduler resources of a group: wall time and memory grow with its number of students."""
-        first, n = group.cells[0], len(group.cells)
-        imagenet = self.mem_mb(first.ds) > 8000
-        epochs = max(self.recipe(c.ds, "student", c.student)["epochs"] for c in group.cells)
-        per_student = self._wall_minutes(first.ds, epochs)
-        return {"mem_mb": self.mem_mb(first.ds) + (4000 if imagenet else 1000) * (n - 1),
-                "runtime": per_student * n, "gpu": self.gpus_per_job}
+        """Scheduler resources of a group: its GPUs (one per process), memory growing with its number of
+        students, and the wall time of its students' epochs (mcmi.pipeline.resources)."""
+        first = group.cells[0]
+        return {"mem_mb": self.resources.mem_mb(first.ds, len(group.cells)),
+                "runtime": self._group_minutes(group.cells)[1], "gpu": self.resources.gpus(first.ds)}
+
+    def group_threads(self, group: StudentGroup) -> int:
+        return self.resources.threads(group.cells[0].ds)
 
     # ------------------------------------------------------------------ lambda*
     def selection_mode(self) -> str:
@@ -593,17 +652,32 @@ class WorkflowConfig:
 
     # ------------------------------------------------------------------ resources
     def mem_mb(self, ds: str) -> int:
-        return 32000 if self.config["datasets"][ds]["kind"] == "imagefolder" and ds == "imagenet" else 8000
+        """Host memory of a (single-student) job on ``ds``."""
+        return self.resources.mem_mb(ds)
 
-    def runtime_minutes(self, kind: str, ds: str) -> int:
-        """A generous wall-time estimate for cluster schedulers, in minutes."""
-        epochs = {"mcmi": self.config["mcmi"]["epochs"].get(ds, 20), "measure": 1}.get(
-            kind, self.config["recipes"][self.config["recipe_of"][ds]["student" if kind == "student" else "teacher"]]
-            ["epochs"])
-        return self._wall_minutes(ds, epochs)
+    def job_threads(self, ds: str) -> int:
+        """CPU threads of a job on ``ds``: per process times its processes."""
+        return self.resources.threads(ds)
 
-    @staticmethod
-    def _wall_minutes(ds: str, epochs: int) -> int:
-        """Twice a generous per-epoch time (ImageNet 40 min, otherwise 1 min), at least 10 minutes."""
-        return int(max(10, 2 * {"imagenet": 40}.get(ds, 1.0) * epochs))
+    def job_resources(self, kind: str, ds: str, model: str, variant: str = MLL) -> dict[str, int]:
+        """mem_mb, runtime (minutes, from the stated epoch costs) and gpu of a teacher, import, measure,
+        mcmi, hsakd_heads or (teacher-free) student job; a job that cannot fit in
+        ``walltime.max_job_hours`` fails planning naming what to change."""
+        r = self.resources
+        if kind == "student":
+            gpu_minutes = r.group_gpu_minutes(ds, None, [(model, "vanilla")], self.recipe(ds, "student", model)["epochs"])
+        elif kind == "teacher" and variant == MLL and self.pretrained(ds, model):
+            gpu_minutes = r.job_gpu_minutes("import", ds, model)
+        elif kind == "teacher":
+            spec = self.teacher_spec(ds, model, variant)
+            epochs = spec.stop_after_epoch or spec.recipe["epochs"]
+            gpu_minutes = r.job_gpu_minutes("teacher", ds, model, epochs, epochs // spec.cmi_every if spec.cmi_every else 0)
+        elif kind == "mcmi":
+            gpu_minutes = r.job_gpu_minutes("mcmi", ds, model, self.mcmi_recipe(ds, model)["epochs"])
+        elif kind == "hsakd_heads":
+            gpu_minutes = r.job_gpu_minutes("hsakd_heads", ds, model, self.recipe(ds, "teacher", model)["epochs"])
+        else:
+            gpu_minutes = r.job_gpu_minutes(kind, ds, model)
+        return {"mem_mb": r.mem_mb(ds), "runtime": r.checked(f"the {kind} job of {model} on {ds}", ds, gpu_minutes),
+                "gpu": r.gpus(ds)}
 

@@ -40,6 +40,11 @@ class JobSpec:
             out[f.name] = value
         return out
 
+    @property
+    def processes(self) -> int:
+        """How many processes run this job (1 unless a training job's ``distributed`` says more)."""
+        return 1
+
     def input_files(self) -> dict[str, str]:
         """The files this job reads, by field name (those of ``INPUT_FILES`` that are set): what its
         content identity (:mod:`mcmi.identity`) digests besides the dataset."""
@@ -169,6 +174,18 @@ class TrainingJob(JobSpec):
     run: SpecDict = field(default_factory=dict)     # the cell's identity in the tables
     device: str = "auto"
     resume: str | None = None     # resumable checkpoint, outside the declared outputs
+    # {"processes": N, "batchnorm": "local"|"sync"}: a job of N processes (mcmi.distributed); None: one
+    distributed: SpecDict | None = None
+
+    @property
+    def processes(self) -> int:
+        """How many processes (one GPU each) run this job."""
+        return int(self.distributed["processes"]) if self.distributed else 1
+
+    @property
+    def batchnorm(self) -> str:
+        """BatchNorm statistics of a distributed job: 'local' (per process) or 'sync' (global batch)."""
+        return str(self.distributed.get("batchnorm", "local")) if self.distributed else "local"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +214,9 @@ class ImportSpec(TrainingJob):
     model: str
     checkpoint: str
     out_model: str
+    # "torchvision:<WEIGHTS>" when ``checkpoint`` is torchvision's file of those weights (its hash is
+    # checked before loading, mcmi.models.pretrained); None: a file of the user's
+    source: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -338,7 +358,7 @@ class StudentSpec(TrainingJob):
 
 # Fields every member of a student group must have in common.
 SHARED_BY_GROUP = ("dataset", "seed", "device", "teacher", "teacher_checkpoint", "few_shot", "zero_shot",
-                   "precision", "channels_last")
+                   "precision", "channels_last", "distributed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,6 +371,11 @@ class StudentGroupSpec(JobSpec):
     @classmethod
     def nested(cls) -> dict[str, Callable[[Any], Any]]:
         return {"members": lambda members: tuple(StudentSpec.from_dict(m) for m in members)}
+
+    @property
+    def processes(self) -> int:
+        """How many processes run the group (its members share it)."""
+        return self.members[0].processes if self.members else 1
 
 
 @dataclass(frozen=True, kw_only=True)
