@@ -118,7 +118,9 @@ def test_dry_run_through_the_slurm_profile(tmp_path):
     remote = [j for j in jobs if not j["local"]]
     assert remote and max(j["runtime"] for j in remote) <= 48 * 60
     imagenet = [j for j in remote if '"kind":"imagefolder","root":"data/imagenet"' in j.get("shell", "")]
-    assert len(imagenet) == 36 and all(j["gpu"] == 8 for j in imagenet)
+    analyses = [j for j in imagenet if j["rule"] in ("class_cmi", "eigen_cam")]   # Table 8, Figures 3, 10-13
+    assert len(imagenet) == 40 and len(analyses) == 4
+    assert all(j["gpu"] == (1 if j in analyses else 8) for j in imagenet)
     assert all(j["gpu"] == 1 for j in remote if j not in imagenet and j["rule"] != "synthetic")
     mll = [j for j in imagenet if j["rule"] == "teacher" and j["wildcards"]["variant"] == "MLL"]
     assert len(mll) == 2

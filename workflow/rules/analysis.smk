@@ -15,7 +15,7 @@ rule embedding:
         P("log_embedding"),
     threads: W.threads
     resources:
-        **train_resources("measure"),
+        **train_resources("analysis"),
     conda:
         "../../envs/mcmi.yaml"
     shell:
@@ -35,7 +35,7 @@ rule eigen_cam:
         P("log_cam"),
     threads: W.threads
     resources:
-        **train_resources("measure"),
+        **train_resources("analysis"),
     conda:
         "../../envs/mcmi.yaml"
     shell:

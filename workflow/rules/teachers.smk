@@ -93,7 +93,7 @@ rule class_cmi:
         P("log_class_cmi"),
     threads: W.threads
     resources:
-        **train_resources("measure"),
+        **train_resources("analysis"),
     conda:
         "../../envs/mcmi.yaml"
     shell:

@@ -48,6 +48,11 @@ class StudentGroup:
     cells: list[StudentCell] = field(default_factory=list)
 
 
+# Jobs that run on one process (one GPU) whatever the dataset's ``distributed.processes``: the appendix's
+# analyses of a trained teacher (t-SNE, per-class CMI, Eigen-CAM) are one pass over a few thousand images.
+SINGLE_PROCESS_KINDS = ("analysis",)
+
+
 class WorkflowConfig:
     """Validated config (schema defaults applied once) plus everything the rules need."""
 
@@ -182,11 +187,13 @@ class WorkflowConfig:
         return list(found.values())
 
     # ------------------------------------------------------------------ job specs
-    def job_fields(self, ds: str, seed: int, out_metrics: str, run: dict[str, Any]) -> dict[str, Any]:
-        """Fields of every training job (dataset, seed, device, metrics file, resume point, run block)."""
+    def job_fields(self, ds: str, seed: int, out_metrics: str, run: dict[str, Any],
+                   one_process: bool = False) -> dict[str, Any]:
+        """Fields of every training job (dataset, seed, device, metrics file, resume point, run block, and
+        the dataset's processes unless ``one_process``: the appendix's looks at a trained teacher)."""
         return {"dataset": self.dataset_spec(ds), "seed": int(seed), "device": self.config["device"],
                 "out_metrics": out_metrics, "resume": self.paths.resume(out_metrics), "run": run,
-                "distributed": self.resources.distributed_spec(ds)}
+                "distributed": None if one_process else self.resources.distributed_spec(ds)}
 
     def _numerics(self) -> dict[str, Any]:
         """Training numerics of students (config ``precision``, ``channels_last``)."""
@@ -678,6 +685,7 @@ class WorkflowConfig:
             gpu_minutes = r.job_gpu_minutes("hsakd_heads", ds, model, self.recipe(ds, "teacher", model)["epochs"])
         else:
             gpu_minutes = r.job_gpu_minutes(kind, ds, model)
-        return {"mem_mb": r.mem_mb(ds), "runtime": r.checked(f"the {kind} job of {model} on {ds}", ds, gpu_minutes),
-                "gpu": r.gpus(ds)}
+        processes = 1 if kind in SINGLE_PROCESS_KINDS else None
+        return {"mem_mb": r.mem_mb(ds, processes=processes), "gpu": r.gpus(ds, processes),
+                "runtime": r.checked(f"the {kind} job of {model} on {ds}", ds, gpu_minutes, processes)}
 

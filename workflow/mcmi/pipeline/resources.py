@@ -51,20 +51,21 @@ class Resources:
         n = self.processes(ds)
         return {"processes": n, "batchnorm": self.dist["batchnorm"]} if n > 1 else None
 
-    def gpus(self, ds: str) -> int:
-        """GPUs a job on ``ds`` asks for: one per process (none with ``device: cpu``)."""
-        return 0 if self.cpu_only else self.processes(ds)
+    def gpus(self, ds: str, processes: int | None = None) -> int:
+        """GPUs a job on ``ds`` asks for: one per process (none with ``device: cpu``); ``processes``
+        overrides the dataset's count (a single-process job on a multi-GPU dataset)."""
+        return 0 if self.cpu_only else (processes or self.processes(ds))
 
-    def threads(self, ds: str) -> int:
+    def threads(self, ds: str, processes: int | None = None) -> int:
         """CPU threads of a job: per process (``distributed.threads``, else ``threads``) times its processes."""
-        return int(self.dist["threads"].get(ds, self.config["threads"])) * self.processes(ds)
+        return int(self.dist["threads"].get(ds, self.config["threads"])) * (processes or self.processes(ds))
 
-    def mem_mb(self, ds: str, students: int = 1) -> int:
+    def mem_mb(self, ds: str, students: int = 1, processes: int | None = None) -> int:
         """Host memory: 32 GB for a streamed ImageNet process (8 GB otherwise), 12 GB (4 GB) for each
         further process, and 4 GB (1 GB) for each further student of a group."""
         imagenet = self.config["datasets"][ds]["kind"] == "imagefolder" and ds == "imagenet"
         base, per_process, per_student = (32000, 12000, 4000) if imagenet else (8000, 4000, 1000)
-        return base + per_process * (self.processes(ds) - 1) + per_student * (students - 1)
+        return base + per_process * ((processes or self.processes(ds)) - 1) + per_student * (students - 1)
 
     # ------------------------------------------------------------------ wall times
     def epoch_minutes(self, ds: str, model: str) -> float:
@@ -75,11 +76,11 @@ class Resources:
     def method_cost(self, method: str) -> float:
         return float(self.walltime["method_cost"].get(method, 1.0))
 
-    def minutes(self, ds: str, gpu_minutes: float) -> int:
+    def minutes(self, ds: str, gpu_minutes: float, processes: int | None = None) -> int:
         """Requested minutes for ``gpu_minutes`` of one GPU's work on ``ds``: spread over the job's
         processes, plus the dataset's set-up minutes, times the margin, at least ``min_minutes``."""
         setup = float(self.walltime["setup_minutes"].get(ds, 0))
-        wanted = self.walltime["margin"] * (gpu_minutes / self.processes(ds) + setup)
+        wanted = self.walltime["margin"] * (gpu_minutes / (processes or self.processes(ds)) + setup)
         return int(max(self.walltime["min_minutes"], math.ceil(wanted)))
 
     def limit_minutes(self) -> float:
@@ -91,7 +92,7 @@ class Resources:
         e, f = self.epoch_minutes(ds, model), float(self.walltime["teacher_forward"])
         if kind == "teacher":
             return epochs * e + cmi_passes * f * e
-        if kind in ("import", "measure"):
+        if kind in ("import", "measure", "analysis"):
             return f * e
         if kind == "mcmi":
             return (f + epochs) * e
@@ -110,9 +111,9 @@ class Resources:
         students = sum(self.method_cost(method) * self.epoch_minutes(ds, model) for model, method in members)
         return epochs * (teacher_side + students)
 
-    def checked(self, what: str, ds: str, gpu_minutes: float) -> int:
+    def checked(self, what: str, ds: str, gpu_minutes: float, processes: int | None = None) -> int:
         """:meth:`minutes`, refusing a job that would ask for more than ``max_job_hours``."""
-        minutes = self.minutes(ds, gpu_minutes)
+        minutes = self.minutes(ds, gpu_minutes, processes)
         if minutes > self.limit_minutes():
             raise ConfigError(
                 f"{what} would ask for {minutes / 60:.1f} h ({gpu_minutes / 60:.1f} GPU-hours x margin "

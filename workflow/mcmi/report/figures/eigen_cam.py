@@ -35,7 +35,7 @@ def _jobs(w: ConfigView, exp: Experiment) -> list[CamSpec]:
     for variant in VARIANTS:
         out = w.path("cam", dataset=ds, teacher=teacher, variant=variant)
         fields = w.job_fields(ds, exp["seed"], out, {"dataset": ds, "teacher": teacher,
-                                                     **Variant.parse(variant).run_fields()})
+                                                     **Variant.parse(variant).run_fields()}, one_process=True)
         jobs.append(CamSpec(**{**fields, "resume": None}, model=teacher, checkpoint=w.teacher_model(ds, teacher, variant),
                             classes=class_folders_spec(list(PAPER_CLASSES), exp["folders"]), images=exp["images"],
                             split=exp["split"], image_size=exp.get("image_size"),

@@ -25,7 +25,7 @@ def _jobs(w: ConfigView, exp: Experiment) -> list[EmbeddingSpec]:
     for variant in (MLL, grid_variant(exp["lam"])):
         out = w.path("embedding", dataset=ds, teacher=teacher, variant=variant)
         fields = w.job_fields(ds, exp["seed"], out, {"dataset": ds, "teacher": teacher,
-                                                     **Variant.parse(variant).run_fields()})
+                                                     **Variant.parse(variant).run_fields()}, one_process=True)
         jobs.append(EmbeddingSpec(**{**fields, "resume": None}, model=teacher,
                                   checkpoint=w.teacher_model(ds, teacher, variant), split=exp["split"],
                                   input=exp["input"], perplexity=float(exp["perplexity"]), init=exp["init"]))

@@ -33,7 +33,8 @@ def _jobs(w: ConfigView, exp: Experiment) -> list[ClassCMISpec]:
     ds, teacher, jobs = exp["dataset"], exp["teacher"], []
     for variant in VARIANTS:
         out = w.path("class_cmi", dataset=ds, teacher=teacher, variant=variant)
-        fields = w.job_fields(ds, 0, out, {"dataset": ds, "teacher": teacher, **Variant.parse(variant).run_fields()})
+        fields = w.job_fields(ds, 0, out, {"dataset": ds, "teacher": teacher, **Variant.parse(variant).run_fields()},
+                              one_process=True)
         jobs.append(ClassCMISpec(**{**fields, "resume": None}, model=teacher,
                                  checkpoint=w.teacher_model(ds, teacher, variant),
                                  classes=class_folders_spec(exp["classes"], exp["folders"]), split=exp["split"]))
