@@ -166,4 +166,6 @@ class StreamingImageFolder:
             generator=torch.Generator().manual_seed(seed), persistent_workers=False,
         )
         for x, y, index in loader:
-            yield Batch(x.to(device, non_blocking=True), y.to(device), index.to(device))
+            # pinned by the loader on a GPU: all three copies are asynchronous
+            yield Batch(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                        index.to(device, non_blocking=True))

@@ -12,6 +12,17 @@ import torch
 from mcmi.data.batch import Batch
 
 
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the CPU) on ``device`` without the host waiting for the device: a copy from
+    pageable memory would synchronise the stream (the host would wait for every queued kernel), so a
+    GPU gets it through pinned memory, asynchronously. On the CPU it is returned as is."""
+    if device.type == "cpu":
+        return tensor
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """Per-sample random crop (zero padding ``padding``) and horizontal flip of a (B, C, H, W) batch.
 
@@ -19,9 +30,11 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
     image before normalisation, but done for the whole batch at once."""
     b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    dy, dx, flip = to_device_async(torch.stack([dy, dx, flip.long()]), images.device)   # one copy per batch
+    flip = flip.bool()
     rows = dy[:, None] + torch.arange(h, device=images.device)[None, :]            # (B, H)
     cols = dx[:, None] + torch.arange(w, device=images.device)[None, :]            # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -77,8 +90,11 @@ class TensorImageDataset:
                        name=name or f"{self.name}[subset]")
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        key = f"norm:{images.device}"         # made once per device: a tensor from a list is a blocking copy
+        if key not in self._device_copies:
+            self._device_copies[key] = (torch.tensor(self.mean).view(1, -1, 1, 1).to(images.device),
+                                        torch.tensor(self.std).view(1, -1, 1, 1).to(images.device))
+        mean, std = self._device_copies[key]
         return (images.float() / 255.0 - mean) / std
 
     def batches(
