@@ -303,12 +303,24 @@ def _accept(listener: socket.socket, selector: Any, jobs: dict[int, dict[str, An
         os.close(fd)
     pidfd = os.pidfd_open(pid)
     jobs[pid] = {"connection": connection, "pidfd": pidfd, "start": time.time(), "client_gone": False,
-                 "label": " ".join(request["argv"][1:3])[:80]}
+                 "label": _label(request["argv"])}
     selector.register(pidfd, selectors.EVENT_READ, ("child", pid))
     selector.register(connection, selectors.EVENT_READ, ("client", pid))
     with _suppress():
         connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     return pid
+
+
+def _label(argv: list[str]) -> str:
+    """What a job is, for the log: the command, and a stage's name and number of members."""
+    words = argv[1:3]
+    if words[:2] == ["stage", "--spec"] and len(argv) > 3:
+        try:
+            spec = json.loads(argv[3])
+            return f"stage {spec.get('stage', '?')}" + (f" ({len(spec['members'])} members)" if "members" in spec else "")
+        except (ValueError, AttributeError):
+            pass
+    return " ".join(words)[:80]
 
 
 def _reap(pid: int, selector: Any, jobs: dict[int, dict[str, Any]]) -> None:
