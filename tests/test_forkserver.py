@@ -58,6 +58,7 @@ def server_log(tmp: Path) -> str:
     return logs[0].read_text()
 
 
+@pytest.mark.slow
 def test_a_command_through_the_server_behaves_as_the_plain_process(server_tmp):
     bad_spec = ["stage", "--spec", '{"stage": "nonexistent"}']
     for args in (["--help"], bad_spec):
