@@ -58,6 +58,8 @@ class TensorImageDataset:
     crop_padding: int = 4          # random-crop padding of the augmentation (CIFAR: 4 at 32 px)
     _device_copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    _normalisers: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict, init=False, repr=False,
+                                                                compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -90,12 +92,16 @@ class TensorImageDataset:
                        name=name or f"{self.name}[subset]")
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        key = f"norm:{images.device}"         # made once per device: a tensor from a list is a blocking copy
-        if key not in self._device_copies:
-            self._device_copies[key] = (torch.tensor(self.mean).view(1, -1, 1, 1).to(images.device),
-                                        torch.tensor(self.std).view(1, -1, 1, 1).to(images.device))
-        mean, std = self._device_copies[key]
-        return (images.float() / 255.0 - mean) / std
+        """(x / 255 - mean) / std with every operand a tensor on the images' device, made once per device
+        (a tensor from a list is a blocking copy). A tensor 255, not the number: CUDA divides by a host
+        number as a product with its reciprocal (one bit off, for about half the pixel values); dividing by
+        a tensor is the correctly rounded division on every device, so a GPU's batches equal the CPU's."""
+        key = str(images.device)
+        if key not in self._normalisers:
+            self._normalisers[key] = tuple(torch.tensor(values).view(1, -1, 1, 1).to(images.device)
+                                           for values in ((255.0,), self.mean, self.std))
+        scale, mean, std = self._normalisers[key]
+        return (images.float() / scale - mean) / std
 
     def batches(
         self,
