@@ -17,7 +17,7 @@ CORES ?= 2
 SITE := -c 'import sysconfig; print(sysconfig.get_path("purelib"))'   # a python's site-packages
 TOOLS := snakemake pytest     # commands of the heavy environment that this clone's python runs too
 
-.PHONY: setup demo test lint benchmark clean-demo
+.PHONY: setup demo test lint benchmark gpu-check clean-demo
 
 $(VENV)/.complete:   # the folder name already encodes pyproject.toml, so a fresh clone reuses it
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ lint: setup
 
 benchmark: setup
 	PATH=$(BIN):$$PATH $(BIN)/python benchmarks/bench_synthetic.py
+
+gpu-check: setup   ## on a new GPU machine, first: CUDA tests + benchmarks (<= 8 min) -> docs/results/gpu.md
+	PATH=$(BIN):$$PATH $(BIN)/python benchmarks/gpu_check.py
 
 clean-demo:
 	rm -rf results/demo

@@ -13,6 +13,8 @@ import torch
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: trains for several epochs or runs Snakemake/SLURM; "
                                        "`pytest -m 'not slow'` runs the rest in about a minute")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one); `pytest -m cuda` runs them, "
+                                       "and `make gpu-check` runs them before its benchmarks")
 
 
 def write_cifar100(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> Path:

@@ -62,3 +62,60 @@ def test_bench_students_bound_counts_each_teacher_side_work_once_per_batch(monke
     assert figures["of_bound"] == pytest.approx(36 / 38)
     assert figures["bound_without_hsakd"] == pytest.approx(20 / (2 * 2 + 12))
     assert figures["by_pair_ratio"] is None
+
+
+GPU_CHECK = REPO / "benchmarks" / "gpu_check.py"
+
+
+def _workflow_env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path) -> None:
+    out = subprocess.run([sys.executable, str(GPU_CHECK), "--out", str(tmp_path / "gpu.md")], capture_output=True,
+                         text=True, env=_workflow_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 1 and "no CUDA GPU" in out.stdout, out.stdout
+    assert not (tmp_path / "gpu.md").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_run_measures_every_part_and_writes_its_table(tmp_path) -> None:
+    """Every part of the GPU check on the CPU with tiny sizes: each writes its rows, the table and the
+    GPU-hour estimate are written (the figures mean nothing; this checks the code a GPU will run)."""
+    out = subprocess.run([sys.executable, str(GPU_CHECK), "--smoke", "--out", str(tmp_path / "gpu.md")],
+                         capture_output=True, text=True, env=_workflow_env(), timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = (tmp_path / "gpu.md").read_text()
+    assert "CPU smoke mode" in text and "- commit: " in text and "- torch: " in text
+    for what in ("CUDA tests", "KD resnet56->resnet20 alone", "3-method group resnet56->resnet20",
+                 "RepDistiller DataLoader alone", "RepDistiller loop", "model step train", "GPU hours, paper grid"):
+        assert f"| {what}" in text, what
+    rows = [line for line in text.splitlines() if line.startswith("| KD resnet56->resnet20 alone | fp32")]
+    assert any(re_number.search(row) for row in rows for re_number in [__import__("re").compile(r"\| [\d,.]+ student-img/s")])
+    assert "failed" not in text and "stopped at its time limit" not in text, text
+
+
+def test_grid_cost_counts_the_paper_grid_as_snakemake_plans_it() -> None:
+    """The GPU-hour estimate's job counts are `snakemake -n`'s for config/config.yaml: 392 student groups
+    with 2,627 students, 40 vanilla students, 25 teacher jobs (2 of them imports of torchvision's
+    weights), 60 fine-tunings (MCMI grids, regularised and labelled-subset teachers), 56 measurements,
+    12 HSAKD head trainings, 8 synthetic jobs and 6 analyses (t-SNE, per-class CMI, Eigen-CAM)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from grid_cost import grid_work, plan, summary
+
+    rows = summary(grid_work(plan()))
+
+    def total(kind: str, key: str = "jobs") -> int:
+        return sum(row[key] for name, row in rows.items() if name.startswith(kind + " "))
+
+    assert total("students") == 392 and total("students", "students") == 2627
+    assert (total("vanilla"), total("teacher") + total("import"), total("import"), total("hsakd_heads"),
+            total("mcmi"), total("measure"), total("synthetic"), total("analysis")) == (40, 25, 2, 12, 60, 56, 8, 6)
+    cifar100 = rows["students (cifar100)"]
+    # every CIFAR-100 student is 240 epochs; few-shot ones train on a subset, so fewer images than 240 x 50,000 each
+    assert cifar100["model_epochs"] == 240 * cifar100["students"]
+    assert cifar100["train_images"] < 240 * 50_000 * cifar100["students"]

@@ -165,6 +165,7 @@ def test_crd_kd_has_both_terms() -> None:
     assert torch.isfinite(terms["crd"])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_crd_runs_on_gpu() -> None:
     method = CRD(context(), nce_k=8).cuda()

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -269,11 +270,18 @@ def test_edits_rerun_exactly_the_jobs_whose_spec_changed(tmp_path):
     assert student["provenance"]["identity"]["inputs"]["teacher_checkpoint"] == file_digest(teacher)
 
 
-@pytest.mark.parametrize("edit_before_rerun", [False, True], ids=["same-spec-resumes", "edited-spec-restarts"])
-def test_killed_training_job_resumes_through_snakemake(tmp_path, edit_before_rerun):
+@pytest.mark.parametrize("edit_before_rerun, launcher", [(False, "plain"), (True, "plain"), (False, "fork_server")],
+                         ids=["same-spec-resumes", "edited-spec-restarts", "same-spec-resumes-fork-server"])
+def test_killed_training_job_resumes_through_snakemake(tmp_path, edit_before_rerun, launcher, monkeypatch, request):
+    server_tmp = Path(tempfile.mkdtemp(prefix="mfs", dir="/tmp"))      # this test's own fork server (short path)
+    request.addfinalizer(lambda: shutil.rmtree(server_tmp, ignore_errors=True))
+    monkeypatch.setenv("TMPDIR", str(server_tmp))
+    monkeypatch.setenv("MCMI_FORK_SERVER_IDLE", "10")
+
     def longer(config):
         config["recipes"]["tiny"]["epochs"] = 12
         config["datasets"]["digits"]["max_train"] = 600
+        config["launcher"] = launcher
 
     config = _config(tmp_path, longer)
     target = str(tmp_path / "results/digits/teachers/resnet14/MLL/model.pt")
@@ -308,3 +316,9 @@ def test_killed_training_job_resumes_through_snakemake(tmp_path, edit_before_rer
     finished = int(re.search(r"after epoch (\d+)", log).group(1))
     assert f"epoch {finished}/12 " not in log               # the finished epochs were not redone
     assert "epoch 12/12" in log
+    servers = list(server_tmp.glob("mcmi-fork-server-*/*.log"))
+    if launcher == "fork_server":                           # the jobs ran as children of the server, and the
+        jobs = re.findall(r"^job \d+ .*?: (\{.*?\})", servers[0].read_text(), re.M)
+        assert "{'signal': 9}" in jobs and "{'exit': 0}" in jobs, jobs    # killed client's job died with it
+    else:
+        assert servers == []

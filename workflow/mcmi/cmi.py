@@ -107,14 +107,27 @@ def per_class_cmi(
 
 @torch.no_grad()
 def collect_probs(
-    model: torch.nn.Module, batches: Iterable, temperature: float = 1.0
+    model: torch.nn.Module, batches: Iterable, temperature: float = 1.0, batches_per_copy: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax(logits / T) of ``model`` over ``batches`` (objects with .x and .y), on the CPU."""
-    probs, labels = [], []
+    """Softmax(logits / T) of ``model`` over ``batches`` (objects with .x and .y), on the CPU. On a GPU
+    the results are copied to the host every ``batches_per_copy`` batches, not every batch (each copy
+    waits for the device; the chunks bound the device memory they hold)."""
+    probs: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def copy() -> None:
+        if pending:
+            probs.append(torch.cat([p for p, _ in pending]).cpu())
+            labels.append(torch.cat([y for _, y in pending]).cpu())
+            pending.clear()
+
     for batch in batches:
         logits = model(batch.x)
-        probs.append(F.softmax(logits.float() / temperature, dim=1).cpu())
-        labels.append(batch.y.cpu())
+        pending.append((F.softmax(logits.float() / temperature, dim=1), batch.y))
+        if len(pending) == batches_per_copy:
+            copy()
+    copy()
     return torch.cat(probs), torch.cat(labels)
 
 

@@ -15,6 +15,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import torch
+
+from mcmi.source_digest import package_source_digest
 
 
 def _git_commit() -> str | None:
@@ -39,6 +42,27 @@ def _git_commit() -> str | None:
         return None
 
 
+def _torchvision_version() -> str | None:
+    """torchvision's ``__version__``, read from its ``version.py`` without importing it: its import takes
+    a second or more (its ops pull in torch's compiler stack), which every job would pay for one string."""
+    import importlib.util
+
+    module = sys.modules.get("torchvision")
+    if module is not None:
+        return module.__version__
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None:
+        return None
+    for folder in spec.submodule_search_locations or []:
+        path = Path(folder) / "version.py"
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", path.read_text(), re.M) if path.is_file() else None
+        if found:
+            return found.group(1)
+    import importlib.metadata
+
+    return importlib.metadata.version("torchvision")   # pragma: no cover  (a build without version.py)
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that decide a result."""
     import numpy
@@ -47,12 +71,9 @@ def versions() -> dict[str, str]:
 
     found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
              "mcmi": mcmi.__version__}
-    try:
-        import torchvision
-
-        found["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    torchvision = _torchvision_version()
+    if torchvision is not None:
+        found["torchvision"] = torchvision
     if torch.version.cuda:
         found["cuda"] = torch.version.cuda
     return found
@@ -66,11 +87,7 @@ def now() -> str:
 def code_fingerprint() -> str:
     """SHA-256 of the package's source files (Python and C++): which code produced a result, exactly,
     whether or not the checkout is committed."""
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cpp", ".h")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return package_source_digest()
 
 
 def provenance(config: dict[str, Any], seed: int | None, device: str | torch.device | None = None) -> dict[str, Any]:

@@ -42,6 +42,12 @@ onsuccess:
 onerror:
     RESULTS_LOCK.release()
 
+# launcher: fork_server -- the jobs this machine runs start from one process that has imported torch and
+# the package (mcmi/forkserver.py). Set in this process's environment, which local jobs inherit, so the
+# jobs' shell commands (and with them Snakemake's code trigger) are the same under either launcher.
+# (Set, not read: no `envvars:` needed. Jobs sent elsewhere, e.g. by SLURM, run plainly.)
+os.environ.update(MCMI_LAUNCHER=W.config["launcher"] if workflow.local_exec else "plain")
+
 # envs/mcmi.yaml installs this repository's package (for its dependencies) from ${MCMI_REPO}; pip
 # expands the variable when Snakemake builds the env, which happens after this file is read.
 os.environ.update(MCMI_REPO=workflow.basedir)  # set, not read: no `envvars:` needed

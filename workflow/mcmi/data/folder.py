@@ -206,5 +206,6 @@ class StreamingImageFolder:
             persistent_workers=False,
         )
         for (x, y, index), size in zip(loader, sizes):
-            yield Batch(x.to(device, non_blocking=True), y.to(device), index.to(device),
-                        global_size=size if shard is not None else None)
+            # pinned by the loader on a GPU: all three copies are asynchronous
+            yield Batch(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                        index.to(device, non_blocking=True), global_size=size if shard is not None else None)

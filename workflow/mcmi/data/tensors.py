@@ -22,6 +22,17 @@ def crop_flip_params(b: int, generator: torch.Generator, padding: int = 4
     return dy, dx, flip
 
 
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the CPU) on ``device`` without the host waiting for the device: a copy from
+    pageable memory would synchronise the stream (the host would wait for every queued kernel), so a
+    GPU gets it through pinned memory, asynchronously. On the CPU it is returned as is."""
+    if device.type == "cpu":
+        return tensor
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4,
                      params: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Per-sample random crop (zero padding ``padding``) and horizontal flip of a (B, C, H, W) batch.
@@ -32,7 +43,8 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
     b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
     dy, dx, flip = params if params is not None else crop_flip_params(b, generator, padding)
-    dy, dx, flip = dy.to(images.device), dx.to(images.device), flip.to(images.device)
+    dy, dx, flip = to_device_async(torch.stack([dy, dx, flip.long()]), images.device)   # one copy per batch
+    flip = flip.bool()
     rows = dy[:, None] + torch.arange(h, device=images.device)[None, :]            # (B, H)
     cols = dx[:, None] + torch.arange(w, device=images.device)[None, :]            # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -56,6 +68,8 @@ class TensorImageDataset:
     crop_padding: int = 4          # random-crop padding of the augmentation (CIFAR: 4 at 32 px)
     _device_copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    _normalisers: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict, init=False, repr=False,
+                                                                compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -88,9 +102,16 @@ class TensorImageDataset:
                        name=name or f"{self.name}[subset]")
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        """(x / 255 - mean) / std with every operand a tensor on the images' device, made once per device
+        (a tensor from a list is a blocking copy). A tensor 255, not the number: CUDA divides by a host
+        number as a product with its reciprocal (one bit off, for about half the pixel values); dividing by
+        a tensor is the correctly rounded division on every device, so a GPU's batches equal the CPU's."""
+        key = str(images.device)
+        if key not in self._normalisers:
+            self._normalisers[key] = tuple(torch.tensor(values).view(1, -1, 1, 1).to(images.device)
+                                           for values in ((255.0,), self.mean, self.std))
+        scale, mean, std = self._normalisers[key]
+        return (images.float() / scale - mean) / std
 
     def batches(
         self,

@@ -86,6 +86,13 @@ class CRD(DistillMethod):
         if labels.numel() != ctx.num_train:
             raise ValueError(f"CRD: {labels.numel()} training labels for num_train={ctx.num_train}")
         self.register_buffer("train_labels", labels, persistent=False)
+        # Whether a sample has at least K samples of other classes to draw from without replacement is
+        # a property of its label, so it is known here, once: a step never asks the device for it.
+        others = labels.numel() - torch.bincount(labels)[labels] if labels.numel() else labels
+        enough = others >= int(self.hparams["nce_k"])
+        self.without_replacement: bool | None = (True if bool(enough.all()) else False if not bool(enough.any())
+                                                 else None)     # None: it depends on the batch's labels
+        self.register_buffer("enough_negatives", enough, persistent=False)
 
     def sample_contrast_indices(self, index: torch.Tensor) -> torch.Tensor:
         """(B, 1 + K) memory rows: each sample's own index, then K indices of other classes."""
@@ -95,7 +102,10 @@ class CRD(DistillMethod):
         other = labels.unsqueeze(0) != labels[index].unsqueeze(1)  # (B, N)
         pool = other.sum(dim=1)
         allowed = torch.where(pool.unsqueeze(1) > 0, other, torch.ones_like(other))
-        if bool((pool >= k).all()):
+        without_replacement = self.without_replacement
+        if without_replacement is None:      # labels of unequal class sizes around K: one read per step
+            without_replacement = bool(self.enough_negatives[index].all())
+        if without_replacement:
             scores = torch.rand(allowed.shape, device=labels.device).masked_fill_(~allowed, -1.0)
             negatives = scores.topk(k, dim=1).indices
         else:
@@ -112,6 +122,15 @@ class CRD(DistillMethod):
         """
         dots = anchor @ memory.detach().clone().T  # (B, N)
         return torch.exp(dots.gather(1, rows) / self.hparams["nce_t"])
+
+    @staticmethod
+    @torch.no_grad()
+    def _fix_normaliser(z: torch.Tensor, mean_score: torch.Tensor, num_train: int) -> None:
+        """Z = mean score · N on the first batch (a negative Z marks it unset), then kept: chosen on the
+        device, so no step waits to read Z. mean·N is rounded once to float32, as the reference's
+        ``.item() * N`` written into the float buffer is (N < 2^24 makes both products exact first).
+        ``mean_score`` is the mean over the global batch (every process's shard in a distributed job)."""
+        z.copy_(torch.where(z < 0, mean_score.to(z.dtype) * num_train, z))
 
     @torch.no_grad()
     def _update_memory(self, memory: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> None:
@@ -131,10 +150,9 @@ class CRD(DistillMethod):
         out_s = self._scores(self.memory_t, rows, v_s)
         out_t = self._scores(self.memory_s, rows, v_t)
         num_train = self.memory_s.shape[0]
-        if self.z_s < 0:   # normalising constants from the first (global) batch
-            self.z_s.fill_(distributed.global_mean(out_s.detach()).item() * num_train)
-        if self.z_t < 0:
-            self.z_t.fill_(distributed.global_mean(out_t.detach()).item() * num_train)
+        # normalising constants from the first (global) batch
+        self._fix_normaliser(self.z_s, distributed.global_mean(out_s.detach()), num_train)
+        self._fix_normaliser(self.z_t, distributed.global_mean(out_t.detach()), num_train)
         loss = nce_loss(out_s / self.z_s, num_train) + nce_loss(out_t / self.z_t, num_train)
         self._update_memory(self.memory_s, index, v_s)
         self._update_memory(self.memory_t, index, v_t)

@@ -13,12 +13,20 @@ from mcmi.models.base import Features
 
 
 def normalised_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Pairwise Euclidean distances (zero diagonal) divided by their mean over non-zero entries."""
+    """Pairwise Euclidean distances (zero diagonal) divided by their mean over non-zero entries.
+
+    The clamp makes every off-diagonal distance positive, so the non-zero entries are the off-diagonal
+    ones, a fixed set: they are taken by a view (row-major, as the reference's ``d[d > 0]`` takes them,
+    so the mean adds the same numbers in the same order) rather than by a mask, whose size the host
+    would have to wait for on a GPU."""
+    b = e.shape[0]
     sq_norm = e.pow(2).sum(dim=1)
     sq_dist = (sq_norm[:, None] + sq_norm[None, :] - 2.0 * (e @ e.t())).clamp(min=eps)
-    off_diagonal = 1.0 - torch.eye(e.shape[0], dtype=e.dtype, device=e.device)
+    off_diagonal = 1.0 - torch.eye(b, dtype=e.dtype, device=e.device)
     dist = sq_dist.sqrt() * off_diagonal
-    return dist / dist[dist > 0].mean()
+    # row-major, the flat matrix without its first entry is (b - 1) rows of b off-diagonal entries and a diagonal one
+    off_diagonal_entries = dist.flatten()[1:].view(b - 1, b + 1)[:, :b].reshape(-1)
+    return dist / off_diagonal_entries.mean()
 
 
 def triplet_angles(e: torch.Tensor) -> torch.Tensor:
