@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcmi import distributed
+from mcmi import capture, distributed
 from mcmi.cmi import cmi_and_ll, cmi_and_ll_from_shards, collect_probs, entropy
 from mcmi.identity import Identity
 from mcmi.objectives import Objective
@@ -228,15 +228,19 @@ def _discard(path: str | os.PathLike) -> None:
 
 @dataclass
 class Precision:
-    """Numerics of training steps: ``fp32`` (the reference code's) or ``bf16`` autocast, and the
-    channels-last memory layout for convolutions. Evaluation always runs in fp32."""
+    """Numerics of training steps: ``fp32`` (the reference code's) or ``bf16`` autocast, the
+    channels-last memory layout for convolutions, and whether steps are compiled (``compile``:
+    ``none`` | ``default`` | ``reduce-overhead``, :mod:`mcmi.capture`). Evaluation always runs eagerly
+    in fp32."""
 
     dtype: str = "fp32"                    # "fp32" | "bf16"
     channels_last: bool = False
+    compile: str = "none"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.dtype!r}")
+        capture.check_mode(self.compile)
 
     def autocast(self, device: torch.device) -> Any:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16")
@@ -279,6 +283,8 @@ class Member:
         self.sums: _StepSums | None = None     # this epoch's running sums (set by the epoch loop)
         self.tic = 0.0
         self.step_module: nn.Module | None = None   # the DistributedDataParallel step of a distributed job
+        self.step_fn: Any = objective.step           # (model, batch, epoch) -> StepOutput; compiled or not
+        self.compile_mode = "none"                   # how step_fn runs (mcmi.capture)
         state = _resumable_state(resume_path, resume_key, label, resume_parts)
         if state is not None:
             model.load_state_dict(state["model"])
@@ -368,6 +374,7 @@ def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.d
     equals the same member trained alone. A member whose loss goes non-finite stops (its last good
     checkpoint stays); the others go on and are saved; then :class:`NonFiniteLossError` names it."""
     precision = precision or Precision()
+    _prepare_steps(members, teacher_cache, precision.compile)
     if distributed.ranks().active:
         _prepare_distributed(members, train)
     while not all(m.done for m in members):
@@ -385,6 +392,25 @@ def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.d
         raise NonFiniteLossError("; ".join(failed))
 
 
+def _prepare_steps(members: list[Member], teacher_cache: Any, mode: str) -> None:
+    """Compile the shared teacher's forward pass and each member's step in ``mode`` (``none``: eager;
+    :mod:`mcmi.capture`); a member whose step cannot be compiled, or not captured as asked, is named in
+    the log with why."""
+    if mode == "none":
+        return
+    capture.configure(len(members))
+    if teacher_cache is not None and hasattr(teacher_cache, "set_compile"):
+        teacher_cache.set_compile(mode)
+    for index, member in enumerate(members):
+        if member.done or member.compile_mode != "none":
+            continue
+        member.compile_mode, why = capture.member_mode(member.objective, mode)
+        if why:
+            _log(f"[{member.label}] compile {mode}: {why}")
+        if member.compile_mode != "none":
+            member.step_fn = capture.compile_step(member.objective, member.compile_mode, f"member{index}_step")
+
+
 def _prepare_distributed(members: list[Member], train: Any) -> None:
     """Before a distributed job trains: every batch can give each process a sample, BatchNorm layers
     follow the job's mode, and each member steps through its own DistributedDataParallel module."""
@@ -396,7 +422,7 @@ def _prepare_distributed(members: list[Member], train: Any) -> None:
             for name, child in list(member.objective.named_children()):
                 if name != "teacher":     # a frozen teacher runs in eval mode: plain BatchNorm
                     setattr(member.objective, name, distributed.sync_batchnorm(child))
-            member.step_module = distributed.data_parallel(member.model, member.objective)
+            member.step_module = distributed.data_parallel(member.model, member.objective, member.step_fn)
 
 
 def _train_epoch(cohort: list[Member], epoch: int, train: Any, device: torch.device, augment: bool,
@@ -425,7 +451,7 @@ def _train_epoch(cohort: list[Member], epoch: int, train: Any, device: torch.dev
             _set_rng_state(member.rng)
             with precision.autocast(device):
                 out = (member.step_module(batch, epoch) if member.step_module is not None
-                       else member.objective.step(member.model, batch, epoch))
+                       else member.step_fn(member.model, batch, epoch))
             member.optimizer.zero_grad(set_to_none=True)
             (out.loss if share is None else out.loss * share).backward()
             member.optimizer.step()

@@ -192,6 +192,7 @@ class MIMKD(DistillMethod):
         "nce_m": 0.5,
     }
     positive: ClassVar[tuple[str, ...]] = ("critic_hidden", "global_proj_dim")
+    draws_random: ClassVar[bool] = True        # the negative offset (and the NCE bound's negatives)
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -215,6 +216,9 @@ class MIMKD(DistillMethod):
         self.local_critic = ConvCritic(teacher.pooled_dim + student.stages[self.local_stage][0], hidden)
         self.feature_critics = nn.ModuleList(
             ConvCritic(teacher.stages[j][0] + student.stages[i][0], hidden) for i, j in self.feature_pairs)
+
+    def compile_problem(self) -> str | None:
+        return self.global_nce.compile_problem() if self.hparams["global_bound"] == "nce" else None
 
     def feature_pairs_with_sizes(self) -> list[tuple[tuple[int, ...], int, int]]:
         """R as (spatial size, student index, teacher index), k = 1..K."""
