@@ -6,7 +6,7 @@ to compare two versions of the code:
     PYTHONPATH=NEW/workflow python benchmarks/same_losses.py > after.json     # then diff them
 
 ``--methods KD,HSAKD,...`` trains another group; ``--compile MODE`` sets the students' ``compile``
-(omitted: the spec has no ``compile`` key, as before the option existed).
+(omitted or ``none``: the spec has no ``compile`` key, as before the option existed).
 """
 import argparse, hashlib, json, tempfile
 from pathlib import Path
@@ -37,7 +37,7 @@ for m in args.methods.split(","):
         "run": {"dataset": "digits", "teacher": "resnet14", "student": "resnet8", "method": m}})
     if m == "HSAKD":
         members[-1]["extra"] = {"hsakd_teacher_heads": str(root / "heads.pt")}
-    if args.compile:
+    if args.compile and args.compile != "none":
         members[-1]["compile"] = args.compile
 run_stage({"stage": "student_group", "members": members})
 out = {}
