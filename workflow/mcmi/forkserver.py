@@ -48,8 +48,12 @@ ENV_LAUNCHER = "MCMI_LAUNCHER"                      # "fork_server": run `python
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # Modules the server imports once for every child (what the stages, tables and figures import).
+# The figures' plotting libraries are imported with matplotlib's non-interactive backend selected (what
+# report/figures/common.py selects too). None of these starts a thread beyond torch's and scikit-learn's
+# BLAS pools; grad-cam is left out: OpenCV starts a thread pool of its own, and one job (Eigen-CAM) uses it.
 PRELOAD = ("torch", "torchvision", "mcmi.cli", "mcmi.stages", "mcmi.distill", "mcmi.data.sources",
-           "mcmi.pipeline.handrun", "mcmi.report", "mcmi.synthetic", "mcmi.selection", "sklearn.datasets")
+           "mcmi.pipeline.handrun", "mcmi.report", "mcmi.synthetic", "mcmi.selection", "sklearn.datasets",
+           "matplotlib.pyplot", "seaborn", "sklearn.manifold")
 _HEADER = struct.Struct("!Q")
 
 
@@ -205,6 +209,7 @@ def serve(path: str) -> None:
     import selectors
 
     tic = time.time()
+    os.environ.setdefault("MPLBACKEND", "Agg")      # before matplotlib.pyplot: no display, as the figures use
     for name in PRELOAD:
         try:
             importlib.import_module(name)
