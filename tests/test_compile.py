@@ -22,7 +22,8 @@ from mcmi import capture
 from mcmi import train as trainer
 from mcmi.train import Member, Precision, fit_members
 
-RTOL, ATOL = 2e-3, 1e-4
+RTOL, ATOL = 2e-3, 1e-4                         # one step's losses (the fallback and reduce-overhead tests)
+LOSS_RTOL, WEIGHT_RTOL = 0.0, 0.0               # 20 steps: see the module's docstring
 STEPS_PER_EPOCH, EPOCHS = 10, 2
 NUM_TRAIN = 76                                  # 9 batches of 8 and one of 4 per epoch
 
@@ -78,6 +79,15 @@ def train(members: list[Member], data: Any, teacher: Any, mode: str) -> dict[str
     return {label: torch.stack(r) for label, r in rows.items()}
 
 
+def relative(value: torch.Tensor, reference: torch.Tensor, norm: bool = False) -> float:
+    """The largest relative difference of ``value`` from ``reference``: elementwise (each value against
+    its reference's magnitude, at least 1e-3), or of the whole tensor's norm (``norm``: a weight tensor,
+    whose small entries would make elementwise ratios meaningless)."""
+    if norm:
+        return float((value - reference).norm() / reference.norm().clamp_min(1e-12))
+    return float(((value - reference).abs() / reference.abs().clamp_min(1e-3)).max())
+
+
 def every_member(folder: Path) -> tuple[list[Member], Any, Any]:
     data = FirstSteps(random_images(NUM_TRAIN), STEPS_PER_EPOCH)
     members, teacher = student_group(data, folder, epochs=EPOCHS)
@@ -103,15 +113,17 @@ def test_every_method_and_objective_compiled_agrees_with_eager_for_20_steps(tmp_
     assert {m.label: m.compile_mode for m in compiled_members} == {m.label: "default" for m in compiled_members}
     assert all(m.step_fn is not m.objective.step for m in compiled_members)
     assert len(eager_members) == 23
+    errors = {}
     for before, after in zip(eager_members, compiled_members):
         label = before.label
-        assert eager[label].shape[0] == STEPS_PER_EPOCH * EPOCHS
-        torch.testing.assert_close(compiled[label], eager[label], rtol=RTOL, atol=ATOL, msg=lambda m: f"{label}: {m}")
+        assert eager[label].shape == compiled[label].shape and eager[label].shape[0] == STEPS_PER_EPOCH * EPOCHS
         a, b = weights(before), weights(after)
         assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(b[key].double(), a[key].double(), rtol=RTOL, atol=ATOL,
-                                       msg=lambda m: f"{label} {key}: {m}")
+        errors[label] = (relative(compiled[label], eager[label]),
+                         max(relative(b[k].double(), a[k].double(), norm=True) for k in a if a[k].is_floating_point()))
+    table = "\n".join(f"{label}: losses {l:.1e}, weights {w:.1e}" for label, (l, w) in errors.items())
+    print(table)
+    assert all(l <= LOSS_RTOL and w <= WEIGHT_RTOL for l, w in errors.values()), table
     # the 20 steps moved the weights (an agreement of untrained weights would prove nothing)
     fresh = weights(every_member(tmp_path / "fresh")[0][0])
     assert any(not torch.equal(fresh[k], weights(eager_members[0])[k]) for k in fresh)
