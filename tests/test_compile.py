@@ -5,8 +5,13 @@ step cannot be compiled is named and runs eagerly; ``reduce-overhead`` on a CPU 
 graphs are for CUDA tensors only: Inductor skips them for CPU graphs).
 
 Tolerance: a compiled step computes the same losses with fused kernels, which round differently, and
-20 SGD steps carry the difference on. Measured on this CPU: per-step losses and final weights within
-a relative 2e-4 of eager (PKT and RKD the largest); asserted: rtol 2e-3, atol 1e-4."""
+SGD carries the difference on, growing it step by step (on random pixels, faster for the methods with
+large gradients). Measured on this CPU (AVX-512, torch 2.14), largest over the members: the losses of
+the first 5 steps within a relative 7.4e-5 of eager (DKD), of all 20 steps within 3.0e-3 (FitNet; most
+members 1e-7 to 2e-5), the weight update of the 20 steps (trained less initial weights, the model's and
+the objective's own state apart) within 6.3e-3 of its size (FitNet). Asserted, with room for another
+CPU's kernels: 5e-4, 1e-2 and 2e-2. A wrong compiled step (e.g. a backward reading a buffer written in
+place, which CRD's banks did) is off by far more from the first step."""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from mcmi import train as trainer
 from mcmi.train import Member, Precision, fit_members
 
 RTOL, ATOL = 2e-3, 1e-4                         # one step's losses (the fallback and reduce-overhead tests)
-LOSS_RTOL, WEIGHT_RTOL = 0.0, 0.0               # 20 steps: see the module's docstring
+FIRST_STEPS_RTOL, LOSS_RTOL, UPDATE_RTOL = 5e-4, 1e-2, 2e-2     # 20 steps: see the module's docstring
 STEPS_PER_EPOCH, EPOCHS = 10, 2
 NUM_TRAIN = 76                                  # 9 batches of 8 and one of 4 per epoch
 
@@ -102,6 +107,24 @@ def weights(member: Member) -> dict[str, torch.Tensor]:
     return state
 
 
+def _flat(state: dict[str, torch.Tensor], prefix: str) -> torch.Tensor | None:
+    tensors = [v.double().flatten() for k, v in state.items() if k.startswith(prefix) and v.is_floating_point()]
+    return torch.cat(tensors) if tensors else None
+
+
+def update_difference(eager: Member, compiled: Member, fresh: Member) -> float:
+    """How far the compiled member's weight update is from the eager one's, relative to its size: the
+    model's and the objective's own state (method modules, banks, running statistics) apart, the larger."""
+    a, b, start = weights(eager), weights(compiled), weights(fresh)
+    assert a.keys() == b.keys() == start.keys()
+    worst = 0.0
+    for prefix in ("model.", "objective."):
+        before, after, initial = _flat(a, prefix), _flat(b, prefix), _flat(start, prefix)
+        if before is not None and bool((before != initial).any()):
+            worst = max(worst, float((after - before).norm() / (before - initial).norm()))
+    return worst
+
+
 @needs_compiler
 @pytest.mark.slow
 def test_every_method_and_objective_compiled_agrees_with_eager_for_20_steps(tmp_path):
@@ -109,24 +132,22 @@ def test_every_method_and_objective_compiled_agrees_with_eager_for_20_steps(tmp_
     eager = train(eager_members, data, teacher, "none")
     compiled_members, data, teacher = every_member(tmp_path / "compiled")
     compiled = train(compiled_members, data, teacher, "default")
+    fresh_members = every_member(tmp_path / "fresh")[0]
 
     assert {m.label: m.compile_mode for m in compiled_members} == {m.label: "default" for m in compiled_members}
     assert all(m.step_fn is not m.objective.step for m in compiled_members)
     assert len(eager_members) == 23
     errors = {}
-    for before, after in zip(eager_members, compiled_members):
+    for before, after, fresh in zip(eager_members, compiled_members, fresh_members):
         label = before.label
         assert eager[label].shape == compiled[label].shape and eager[label].shape[0] == STEPS_PER_EPOCH * EPOCHS
-        a, b = weights(before), weights(after)
-        assert a.keys() == b.keys()
-        errors[label] = (relative(compiled[label], eager[label]),
-                         max(relative(b[k].double(), a[k].double(), norm=True) for k in a if a[k].is_floating_point()))
-    table = "\n".join(f"{label}: losses {l:.1e}, weights {w:.1e}" for label, (l, w) in errors.items())
+        assert any(not torch.equal(v, weights(fresh)[k]) for k, v in weights(before).items())    # it trained
+        first, every = relative(compiled[label][:5], eager[label][:5]), relative(compiled[label], eager[label])
+        errors[label] = (first, every, update_difference(before, after, fresh))
+    table = "\n".join(f"{label}: losses, first 5 steps {f:.1e}, 20 steps {a:.1e}; weight update {w:.1e}"
+                      for label, (f, a, w) in errors.items())
     print(table)
-    assert all(l <= LOSS_RTOL and w <= WEIGHT_RTOL for l, w in errors.values()), table
-    # the 20 steps moved the weights (an agreement of untrained weights would prove nothing)
-    fresh = weights(every_member(tmp_path / "fresh")[0][0])
-    assert any(not torch.equal(fresh[k], weights(eager_members[0])[k]) for k in fresh)
+    assert all(f <= FIRST_STEPS_RTOL and a <= LOSS_RTOL and w <= UPDATE_RTOL for f, a, w in errors.values()), table
 
 
 def _unequal_labels() -> torch.Tensor:
@@ -137,9 +158,12 @@ def _unequal_labels() -> torch.Tensor:
 
 @needs_compiler
 def test_a_step_that_cannot_be_compiled_is_named_and_runs_eagerly(tmp_path, capsys):
+    """CRD on a label set where some classes have K negatives and others not: its step stays eager (the
+    log says why) and trains as the eager job does, with the teacher's forward pass compiled. (KD,
+    compiled beside it, is left out to keep this test fast: every method compiles in the test above.)"""
     def group(folder: Path) -> tuple[list[Member], Any, Any]:
         data = FirstSteps(random_images(NUM_TRAIN, _unequal_labels()), 3)
-        members, teacher = student_group(data, folder, methods=["CRD", "KD"], nce_k=50)
+        members, teacher = student_group(data, folder, methods=["CRD"], nce_k=50)
         return members, data, teacher
 
     eager_members, data, teacher = group(tmp_path / "eager")
@@ -147,17 +171,16 @@ def test_a_step_that_cannot_be_compiled_is_named_and_runs_eagerly(tmp_path, caps
     members, data, teacher = group(tmp_path / "compiled")
     assert members[0].objective.compile_problem() is not None
     compiled = train(members, data, teacher, "default")
-    crd, kd = members
+    crd = members[0]
     assert crd.compile_mode == "none" and crd.step_fn == crd.objective.step
-    assert kd.compile_mode == "default" and kd.step_fn != kd.objective.step
+    assert "extract" in vars(teacher.model)                    # the teacher's forward pass is compiled
     log = capsys.readouterr().out
     assert f"[{crd.label}] compile default: not compiled: some classes have K negatives and others not" in log
-    assert f"[{kd.label}] compile" not in log
-    for member in members:         # the teacher's forward pass is compiled for both
-        torch.testing.assert_close(compiled[member.label], eager[member.label], rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(compiled[crd.label], eager[crd.label], rtol=RTOL, atol=ATOL)
 
 
 @needs_compiler
+@pytest.mark.slow
 def test_reduce_overhead_on_a_cpu_is_default(tmp_path, capsys):
     """CUDA graphs hold CUDA tensors only: on a CPU, ``reduce-overhead`` compiles what ``default`` does
     and gives the same numbers; a member whose step draws random numbers is named as compiled without
