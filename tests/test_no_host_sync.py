@@ -7,7 +7,7 @@ records every read of a tensor that would live on the GPU; the CUDA tests check 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
