@@ -12,14 +12,17 @@ Parts (student-images per second = images stepped through per second, summed ove
   step (forward, backward, SGD) recorded once as CUDA graphs and replayed per batch (batches are made
   as in eager and copied into the graphs' input buffers). A member whose step cannot be captured is
   named and stepped eagerly. Captured steps keep the learning rate of their capture: a speed figure,
-  not yet a training mode (the trainer's ``compile`` option is phase B of issue 27).
+  not a training mode (the training mode is the ``compile`` part).
 - ``loader``: RepDistiller's loop as its ``train_student.py`` runs it: a ``DataLoader`` with 8 workers
   decoding PIL images of CIFAR-shaped uint8 data (RandomCrop 32/4, flip, ToTensor, Normalize), blocking
   copies to the GPU, KD step, ``loss.item()`` and top-1/5 every step; and the loader alone.
 - ``model_steps``: a training step (CE, SGD) and a forward pass of every model the paper grid trains,
   at its recipe's batch size (CIFAR 64, ImageNet 256 at 224 px): the rates of the GPU-hour estimate.
-- ``compile``: KD alone with ``torch.compile(mode="reduce-overhead")`` on both models' feature passes,
-  inside the trainer's loop: the first (compiling) epoch's seconds and the steady rate.
+- ``compile``: KD alone and the method group, fp32 NCHW, in the trainer's loop with its ``compile``
+  option (``mcmi.capture``: the teacher's forward pass and each member's step through ``torch.compile``,
+  as a job with config ``compile`` trains): ``none`` (eager, the baseline in the same process), then
+  ``reduce-overhead`` and ``default``; the two warm-up epochs' seconds (compilation) and the rate of a
+  third epoch. The smoke run compiles KD alone in ``default`` mode on the CPU.
 
 ``--smoke`` runs every part on the CPU with tiny sizes (checks the code paths; the figures mean nothing).
 """
@@ -48,7 +51,7 @@ from mcmi.distill.hsakd import HSAKDTeacherHeads, save_teacher_heads  # noqa: E4
 from mcmi.models import create_model, probe_shapes  # noqa: E402
 from mcmi.pipeline.specs import StudentSpec  # noqa: E402
 from mcmi.stages import student_members  # noqa: E402
-from mcmi.train import Member, Precision, _train_epoch  # noqa: E402
+from mcmi.train import Member, Precision, _prepare_steps, _train_epoch  # noqa: E402
 
 NUM_CLASSES = 100
 BATCH = 64              # the CIFAR recipes' batch (8 on the smoke run)
@@ -382,28 +385,63 @@ def part_model_steps(rows: Rows, sizes: Sizes) -> None:
 
 
 # ------------------------------------------------------------------------------------------- compile
+def _compiled_rate(members: list[Member], data: TensorImageDataset, teacher: SharedTeacher, precision: Precision,
+                   device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
+    """The trainer's loop with its steps compiled in ``precision.compile`` (``mcmi.capture``, as a job
+    with config ``compile`` runs them): the seconds of two warm-up epochs of ``warmup`` steps (the first
+    compiles; the second compiles DKD's and ReviewKD's later-epoch graph) and the student-images per
+    second of a third epoch of ``steps`` steps."""
+    tic = time.perf_counter()
+    _prepare_steps(members, teacher, precision.compile)
+    for epoch in (1, 2):
+        _train_epoch(members, epoch, FirstBatches(data, warmup), device, True, teacher, precision)
+    _sync(device)
+    warmup_s = time.perf_counter() - tic
+    tic = time.perf_counter()
+    _train_epoch(members, 3, FirstBatches(data, steps), device, True, teacher, precision)
+    _sync(device)
+    failed = [m.failure for m in members if m.failure]
+    if failed:
+        raise FloatingPointError("; ".join(failed))
+    return len(members) * steps * BATCH / (time.perf_counter() - tic), warmup_s
+
+
 def part_compile(rows: Rows, sizes: Sizes) -> None:
-    if sizes.smoke:
-        rows.add(f"KD {PAIR[0]}->{PAIR[1]} alone", "fp32, NCHW, torch.compile reduce-overhead", "not available", "",
-                 "CPU smoke run")
-        return
+    """KD alone and the method group, fp32 NCHW, with the trainer's ``compile`` option: eager, then
+    ``reduce-overhead`` and ``default`` (KD alone first: a part stopped at its time limit keeps it)."""
     folder = Path(tempfile.mkdtemp())
     data = _data(sizes)
     teacher, heads = _teacher(data, folder)
-    torch.backends.cudnn.benchmark = True
-    precision = Precision("fp32", False)
-    members = _members(["KD"], data, teacher, heads, folder, precision, sizes.device)
-    for model in (members[0].model, teacher.model):
-        model.extract = torch.compile(model.extract, mode="reduce-overhead")
-    tic = time.perf_counter()
-    _train_epoch(members, 1, FirstBatches(data, 3), sizes.device, True, teacher, precision)
-    _sync(sizes.device)
-    compile_s = time.perf_counter() - tic
-    rows.add(f"KD {PAIR[0]}->{PAIR[1]} alone", "fp32, NCHW, torch.compile reduce-overhead: first 3 steps",
-             compile_s, "s", "compilation included")
-    rate = _eager_rate(members, data, teacher, precision, sizes.device, sizes.warmup, sizes.steps)
-    rows.add(f"KD {PAIR[0]}->{PAIR[1]} alone", "fp32, NCHW, torch.compile reduce-overhead", rate, "student-img/s",
-             mode="compiled", dtype="fp32", channels_last=False, students=1)
+    torch.backends.cudnn.benchmark = sizes.device.type == "cuda"
+    runs = [(["KD"], f"KD {PAIR[0]}->{PAIR[1]} alone", sizes.warmup, sizes.steps),
+            (sizes.methods, f"{len(sizes.methods)}-method group {PAIR[0]}->{PAIR[1]}", sizes.group_warmup,
+             sizes.group_steps)]
+    modes = ["none", "default"] if sizes.smoke else ["none", "reduce-overhead", "default"]
+    for methods, label, warmup, steps in runs[:1] if sizes.smoke else runs:
+        for mode in modes:
+            setting = f"fp32, NCHW, compile {mode}"
+            try:
+                torch._dynamo.reset()
+                precision = Precision("fp32", False, mode)
+                members = _members(methods, data, teacher, heads, folder, precision, sizes.device)
+                rate, warmup_s = _compiled_rate(members, data, teacher, precision, sizes.device, warmup, steps)
+                eager = [m.label.split("[")[-1].rstrip("]") for m in members if m.compile_mode == "none"]
+                note = (f"2 warm-up epochs of {warmup} steps: {warmup_s:.1f} s"
+                        + (f"; stepped eagerly: {', '.join(eager)}" if eager and mode != "none" else ""))
+                rows.add(label, setting, rate, "student-img/s", note, mode=f"compile {mode}", dtype="fp32",
+                         channels_last=False, students=len(methods), warmup_s=warmup_s)
+            except Exception as error:                    # this setting fails; the others still run
+                rows.add(label, setting, None, "", f"failed: {type(error).__name__}: {str(error)[:300]}")
+                traceback.print_exc()
+            finally:
+                members = None
+                teacher.set_compile("none")
+                teacher.clear()
+                if sizes.device.type == "cuda":
+                    torch.cuda.empty_cache()
+    if sizes.smoke:
+        rows.add(runs[1][1], "compile", "not available", "", "CPU smoke run: KD alone only (compiling the group "
+                 "on a CPU takes minutes; benchmarks/compile_bench.py measures it)")
 
 
 PARTS = {"kd_alone": part_kd_alone, "group11": part_group11, "loader": part_loader, "model_steps": part_model_steps,

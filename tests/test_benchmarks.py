@@ -96,6 +96,9 @@ def test_gpu_check_smoke_run_measures_every_part_and_writes_its_table(tmp_path) 
         assert f"| {what}" in text, what
     rows = [line for line in text.splitlines() if line.startswith("| KD resnet56->resnet20 alone | fp32")]
     assert any(re_number.search(row) for row in rows for re_number in [__import__("re").compile(r"\| [\d,.]+ student-img/s")])
+    compiled = [line for line in text.splitlines()
+                if line.startswith("| KD resnet56->resnet20 alone | fp32, NCHW, compile default |")]
+    assert len(compiled) == 1 and __import__("re").search(r"\| [\d,.]+ student-img/s \| 2 warm-up epochs", compiled[0])
     assert "failed" not in text and "stopped at its time limit" not in text, text
 
 

@@ -4,6 +4,9 @@ Every stage for one tiny epoch on CUDA; a grouped student job equals the same st
 with deterministic algorithms; the device-side crop/flip equals the CPU's for the same generator; bf16
 autocast gives finite losses for every method; a killed job resumes exactly on CUDA; two jobs claim
 different GPUs; and no training step makes the host wait for the device (``set_sync_debug_mode``).
+Steps compiled with the config's ``compile`` (both modes) agree with eager within the CPU test's
+tolerance and wait for the device no more than eager ones (marked slow too: compiling takes minutes,
+so ``make gpu-check`` runs ``-m "cuda and not slow"`` and times compiled steps in its benchmarks).
 
 Tolerances. Floats are compared bit for bit where the same kernels run on the same shapes in one
 process: grouped vs alone and a run vs its resumption, with ``torch.use_deterministic_algorithms(True)``
@@ -213,8 +216,9 @@ def test_two_jobs_claim_their_gpus(tmp_path, teacher_files):
 
 
 # ------------------------------------------------------------------------------- host syncs
-def _syncs_in_epoch(steps: int, folder: Path, teacher_files: dict[str, str]) -> list[str]:
-    """Synchronising CUDA calls (set_sync_debug_mode warnings) during one training epoch of every method."""
+def _syncs_in_epoch(steps: int, folder: Path, teacher_files: dict[str, str], compile: str = "none") -> list[str]:
+    """Synchronising CUDA calls (set_sync_debug_mode warnings) during one training epoch of every method
+    (``compile``: with the steps compiled in that mode, after two warm-up epochs that compile them)."""
     from mcmi import train
     from mcmi.distill import SharedTeacher
     from mcmi.pipeline.specs import StudentSpec
@@ -228,14 +232,18 @@ def _syncs_in_epoch(steps: int, folder: Path, teacher_files: dict[str, str]) -> 
     teacher = SharedTeacher(create_model("resnet14", 10), "resnet14")
     specs = [StudentSpec(**{k: v for k, v in student(folder, m, teacher_files).items() if k not in ("stage", "resume")})
              for m in METHODS]
-    members = student_members(specs, data, teacher, torch.device("cuda"), Precision())
-    train._train_epoch(members, 1, data, torch.device("cuda"), True, teacher, Precision())   # warm-up epoch
+    precision = Precision(compile=compile)
+    members = student_members(specs, data, teacher, torch.device("cuda"), precision)
+    train._prepare_steps(members, teacher, compile)
+    warmup = (1,) if compile == "none" else (1, 2)          # compiled: epoch 2 compiles the later-epoch graphs
+    for epoch in warmup:
+        train._train_epoch(members, epoch, data, torch.device("cuda"), True, teacher, precision)
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            train._train_epoch(members, 2, data, torch.device("cuda"), True, teacher, Precision())
+            train._train_epoch(members, len(warmup) + 1, data, torch.device("cuda"), True, teacher, precision)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
@@ -245,3 +253,30 @@ def test_no_training_step_waits_for_the_device(tmp_path, teacher_files):
     short = _syncs_in_epoch(2, tmp_path / "short", teacher_files)
     long = _syncs_in_epoch(6, tmp_path / "long", teacher_files)
     assert len(long) == len(short), sorted(set(long))     # per epoch, never per step
+
+
+# ------------------------------------------------------------------------------ compiled steps
+@pytest.mark.slow      # compiling takes minutes on a GPU: `make gpu-check` runs `-m "cuda and not slow"`
+@pytest.mark.parametrize("mode", ["reduce-overhead", "default"])
+def test_compiled_steps_agree_with_eager_on_cuda(tmp_path, teacher_files, mode, capsys):
+    """A group of KD (captured as CUDA graphs under ``reduce-overhead``), DKD (its epoch becomes a
+    symbolic input in epoch 2: no CUDA graphs then) and MIMKD (draws random numbers: compiled without
+    CUDA graphs), 2 epochs with the config's ``compile``: each epoch's losses and the test accuracy
+    within the CPU test's tolerance of the eager group's (tests/test_compile.py), and no host sync
+    per step in a compiled epoch."""
+    methods = ["KD", "DKD", "MIMKD"]
+    eager = [student(tmp_path / "eager", m, teacher_files, epochs=2) for m in methods]
+    run_stage({"stage": "student_group", "members": eager})
+    compiled = [student(tmp_path / mode, m, teacher_files, epochs=2, compile=mode) for m in methods]
+    run_stage({"stage": "student_group", "members": compiled})
+    log = capsys.readouterr().out
+    if mode == "reduce-overhead":
+        assert "[student resnet8 <- resnet14 [MIMKD]] compile reduce-overhead: compiled without CUDA graphs" in log
+    for a, b in zip(eager, compiled):
+        for before, after in zip(_history(a), _history(b)):
+            for key in ("train_loss", *(k for k in before if k.startswith("loss_"))):
+                assert after[key] == pytest.approx(before[key], rel=1e-2, abs=1e-4), (a["method"], key)
+            assert abs(after["test_acc"] - before["test_acc"]) <= 10.0, a["method"]   # 32 test images
+    short = _syncs_in_epoch(2, tmp_path / "short", teacher_files, mode)
+    long = _syncs_in_epoch(6, tmp_path / "long", teacher_files, mode)
+    assert len(long) == len(short), sorted(set(long))

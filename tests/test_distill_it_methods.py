@@ -70,13 +70,23 @@ def test_negative_offset_pairs_every_row_with_another_sample() -> None:
     x = torch.arange(6).float().unsqueeze(1)
     for _ in range(20):
         offset = negative_offset(6)
-        assert 1 <= offset <= 5
+        assert offset.shape == () and 1 <= int(offset) <= 5
         y = roll_batch(x, offset)
         assert sorted(y.squeeze(1).tolist()) == list(range(6)) and (y != x).all()
-        assert y[offset].item() == 0.0       # row b holds row b − offset
-    assert negative_offset(2) == 1 and negative_offset(1) == 0
+        assert torch.equal(y, torch.roll(x, int(offset), 0))
+        assert y[int(offset)].item() == 0.0       # row b holds row b − offset
+    assert int(negative_offset(2)) == 1 and negative_offset(1) is None
     two = torch.tensor([[1.0], [2.0]])
-    assert torch.equal(roll_batch(two, 1), two.flip(0)) and torch.equal(roll_batch(two, 0), two)
+    assert torch.equal(roll_batch(two, torch.tensor(1)), two.flip(0)) and torch.equal(roll_batch(two, None), two)
+    maps = torch.randn(6, 3, 2, 2).contiguous(memory_format=torch.channels_last)     # torch.roll's layout too
+    for m in (maps, maps[:, :, :1, :1].expand(-1, -1, 2, 2), maps.contiguous()):
+        rolled = roll_batch(m, torch.tensor(2))
+        assert torch.equal(rolled, torch.roll(m, 2, 0)) and rolled.stride() == torch.roll(m, 2, 0).stride()
+    # on a CPU the offset is the host generator's draw it always was
+    torch.manual_seed(5)
+    expected = torch.randint(1, 64, ()).item()
+    torch.manual_seed(5)
+    assert int(negative_offset(64)) == expected
 
 
 @pytest.mark.parametrize("include_stem, same_size_map, expected", [

@@ -7,78 +7,25 @@ records every read of a tensor that would live on the GPU; the CUDA tests check 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
 
+from every_member import BATCH, FirstSteps, random_images, student_group, teacher_objective_members
 from host_syncs import HostSyncCounter, Sync, device_tensors_of
 from mcmi import train as trainer
-from mcmi.data.tensors import TensorImageDataset
-from mcmi.distill import SharedTeacher, registry
+from mcmi.distill import SharedTeacher
 from mcmi.distill.crd import CRD
-from mcmi.distill.hsakd import HSAKDTeacherHeads, save_teacher_heads
-from mcmi.models import create_model, probe_shapes
-from mcmi.objectives import (CrossEntropy, EntropyRegularized, LabelSmoothing, LabelSmoothingReverseKL,
-                             MCMIObjective)
-from mcmi.pipeline.specs import StudentSpec
-from mcmi.stages import student_members
-from mcmi.train import Member, Precision, Recipe, fit_members
+from mcmi.train import Member, fit_members
 
-NUM_CLASSES, NUM_TRAIN, BATCH = 10, 64, 8
-RECIPE = {"epochs": 1, "lr": 0.01, "batch_size": BATCH, "milestones": []}
+NUM_TRAIN = 64
 
 
-class FirstSteps:
-    """A training set whose epoch stops after ``steps`` batches."""
-
-    def __init__(self, data: TensorImageDataset, steps: int) -> None:
-        self.data, self.steps = data, steps
-        self.labels, self.num_classes, self.input_shape = data.labels, data.num_classes, data.input_shape
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def batches(self, batch_size: int, **kwargs: Any) -> Iterator[Any]:
-        for step, batch in enumerate(self.data.batches(batch_size, **kwargs)):
-            if step == self.steps:
-                return
-            yield batch
-
-
-def _dataset() -> TensorImageDataset:
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (NUM_TRAIN, 3, 8, 8), dtype=torch.uint8, generator=gen)
-    labels = torch.arange(NUM_TRAIN) % NUM_CLASSES
-    return TensorImageDataset(images, labels, NUM_CLASSES, (0.5,) * 3, (0.25,) * 3, "random", crop_padding=2)
-
-
-def _members(train: FirstSteps, folder: Path) -> tuple[list[Member], SharedTeacher]:
+def _members(train: FirstSteps, folder: Path, epochs: int = 1) -> tuple[list[Member], SharedTeacher]:
     """A member per registered method (one group, sharing the teacher) and one per teacher objective."""
-    torch.manual_seed(0)
-    teacher_model = create_model("resnet14", NUM_CLASSES)
-    heads = folder / "heads.pt"
-    save_teacher_heads(HSAKDTeacherHeads(probe_shapes(teacher_model, (3, 8, 8)), NUM_CLASSES).heads, heads)
-    teacher = SharedTeacher(teacher_model, "resnet14")
-    specs = [StudentSpec(student="resnet8", teacher="resnet14", teacher_checkpoint="(in memory)", method=method,
-                         seed=0, recipe=RECIPE, extra={"hsakd_teacher_heads": str(heads)},
-                         hparams={"nce_k": 8} if method in ("CRD", "CRD+KD", "MIMKD") else {},
-                         dataset={"kind": "random"}, out_metrics=str(folder / f"{method}.json"),
-                         out_model=str(folder / f"{method}.pt"))
-             for method in sorted(registry())]
-    members = student_members(specs, train, teacher, torch.device("cpu"), Precision())
-    centroids = torch.softmax(torch.randn(NUM_CLASSES, NUM_CLASSES), dim=1)
-    objectives = {"CE": CrossEntropy(), "MCMI": MCMIObjective(centroids, 0.1), "entropy": EntropyRegularized(0.1),
-                  "label smoothing": LabelSmoothing(0.1), "label smoothing rev-KL": LabelSmoothingReverseKL(0.1, 1.0)}
-    for name, objective in objectives.items():
-        members.append(Member(create_model("resnet8", NUM_CLASSES), objective, Recipe(**RECIPE), seed=0,
-                              device=torch.device("cpu"), label=name))
-    frozen = create_model("resnet14", NUM_CLASSES)
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    members.append(Member(frozen, HSAKDTeacherHeads(probe_shapes(frozen, (3, 8, 8)), NUM_CLASSES), Recipe(**RECIPE),
-                          seed=0, device=torch.device("cpu"), label="HSAKD teacher heads"))
-    return members, teacher
+    members, teacher = student_group(train, folder, epochs=epochs)
+    return members + teacher_objective_members(epochs), teacher
 
 
 @pytest.fixture(autouse=True)
@@ -90,28 +37,47 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def syncs_in_one_epoch(steps: int, folder: Path) -> list[Sync]:
-    """The host reads of device tensors during one training epoch of ``steps`` steps of every member
-    (the epoch's evaluation and checkpoint are not counted: they read results once per epoch anyway)."""
-    train = FirstSteps(_dataset(), steps)
-    members, teacher = _members(train, folder)
-    for member in members:
-        member.model.train()
+# The trainer's own reads of a member's device tensors per epoch, whatever its number of steps: the
+# non-finite check (``_StepSums.failure``) and the epoch's means (``_StepSums.means``), one each.
+READS_PER_MEMBER_AND_EPOCH = 2
+
+
+def syncs_in_training(steps: int, folder: Path, epochs: int = 1) -> tuple[list[Sync], int]:
+    """The host reads of device tensors while every member trains ``epochs`` epochs of ``steps`` steps
+    each, and the number of members. Counted: the epoch loop (batches, steps, optimiser, sums) and the
+    epoch's means; not the evaluation and checkpoint of :func:`mcmi.train._end_epoch`, which read
+    results once per epoch anyway (:func:`test_evaluation_reads_the_device_once`)."""
+    train = FirstSteps(random_images(NUM_TRAIN), steps)
+    members, teacher = _members(train, folder, epochs)
     found: list[Sync] = []
     original = trainer._train_epoch
 
+    def start(cohort: list[Member]) -> list[torch.Tensor]:
+        return device_tensors_of(train.data.images, train.data.labels, teacher,
+                                 *(m.model for m in cohort), *(m.objective for m in cohort))
+
     def counted(cohort: list[Member], *args: Any) -> None:
-        start = device_tensors_of(train.data.images, train.data.labels, teacher,
-                                  *(m.model for m in cohort), *(m.objective for m in cohort))
-        with HostSyncCounter(start) as counter:
+        with HostSyncCounter(start(cohort)) as counter:
             original(cohort, *args)
         found.extend(counter.syncs)
 
+    def end_epoch(member: Member, epoch: int, *rest: Any) -> None:
+        sums = member.sums
+        with HostSyncCounter(start([member]) + [sums.loss, sums.correct, *sums.terms.values()]) as counter:
+            sums.means()
+        found.extend(counter.syncs)
+        member.epochs_done = epoch
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "_train_epoch", counted)
-        patch.setattr(trainer, "_end_epoch", lambda member, epoch, *rest: setattr(member, "epochs_done", epoch))
+        patch.setattr(trainer, "_end_epoch", end_epoch)
         fit_members(members, train, None, device=torch.device("cpu"), teacher_cache=teacher)
-    return found
+    assert all(m.epochs_done == epochs for m in members)
+    return found, len(members)
+
+
+def syncs_in_one_epoch(steps: int, folder: Path) -> list[Sync]:
+    return syncs_in_training(steps, folder)[0]
 
 
 def _outside_trainer(syncs: list[Sync]) -> list[str]:
@@ -121,11 +87,32 @@ def _outside_trainer(syncs: list[Sync]) -> list[str]:
 
 
 def test_no_step_of_any_method_or_objective_reads_a_device_tensor(tmp_path):
-    short = syncs_in_one_epoch(2, tmp_path / "short")
-    long = syncs_in_one_epoch(5, tmp_path / "long")
+    """Every registered method in one group sharing its teacher, and every teacher objective: no read
+    in any step; the trainer reads each member's sums a fixed number of times per epoch (2 steps or
+    5, 1 epoch or 2)."""
+    short, members = syncs_in_training(2, tmp_path / "short")
+    long, _ = syncs_in_training(5, tmp_path / "long", epochs=2)
     assert _outside_trainer(short + long) == []
-    # the trainer's own reads are per epoch (its non-finite check), not per step: 3 more steps add none
-    assert len(long) == len(short), [str(s) for s in long]
+    assert len(short) == READS_PER_MEMBER_AND_EPOCH * members, [str(s) for s in short]
+    assert len(long) == 2 * READS_PER_MEMBER_AND_EPOCH * members, [str(s) for s in long]
+    assert {s.op for s in short + long} == {"Tensor.tolist"}      # one stacked read each, no .item() per value
+
+
+def test_evaluation_reads_the_device_once(tmp_path):
+    """``evaluate`` and ``confusion_matrix`` sum on the device and read the sums once per call, however
+    many batches the test set has."""
+    from mcmi.train import confusion_matrix, evaluate
+
+    model = teacher_objective_members()[0].model
+    reads = []
+    for count in (16, 80):                       # 2 and 10 batches of 8
+        data = random_images(count)
+        with HostSyncCounter(device_tensors_of(model, data.images, data.labels)) as counter:
+            result = evaluate(model, data, BATCH, torch.device("cpu"))
+            matrix = confusion_matrix(model, data, torch.device("cpu"))
+        reads.append(len(counter.syncs))
+        assert sum(map(sum, matrix)) == count and 0.0 <= result["acc"] <= 100.0
+    assert reads == [2, 2], reads
 
 
 def test_the_counter_sees_a_read_per_step(tmp_path, monkeypatch):

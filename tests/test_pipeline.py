@@ -140,6 +140,48 @@ def test_schema_errors_name_the_key():
         WorkflowConfig(config, REPO)
 
 
+def _training_specs(workflow: WorkflowConfig) -> list:
+    """Every student (group members), teacher, fine-tune and HSAKD-heads spec the config plans."""
+    members = [m for g in workflow.student_groups() for m in workflow.group_spec(g).members]
+    teachers = {workflow.paths.parse("teacher_model", m.teacher_checkpoint)["variant"]
+                for m in members if m.teacher_checkpoint and m.run.get("dataset") == "digits"}
+    others = [workflow.planned_spec(workflow.teacher_metrics("digits", "resnet14", v)) for v in sorted(teachers)]
+    others += [workflow.hsakd_heads_spec("digits", "resnet14", "MLL")]
+    return members + [s for s in others if s is not None]
+
+
+def test_compile_none_plans_the_specs_of_before():
+    """``compile: none`` (the default) leaves the key out of every spec: the JSON, fingerprints and job
+    identities are those of before the option existed, so no result is stale. A mode is another job."""
+    absent, none, compiled = plan(), plan(compile="none"), plan(compile="default")
+    assert "compile" not in load("config/test.yaml") and none.config["compile"] == absent.config["compile"] == "none"
+    eager_specs, compiled_specs = _training_specs(none), _training_specs(compiled)
+    kinds = {type(s).__name__ for s in eager_specs}
+    assert {"StudentSpec", "TeacherSpec", "MCMISpec", "HeadsSpec"} <= kinds, kinds
+    assert [s.to_json() for s in _training_specs(absent)] == [s.to_json() for s in eager_specs]
+    for eager, other in zip(eager_specs, compiled_specs):
+        assert "compile" not in eager.to_dict() and eager.compile is None and eager.compile_mode == "none"
+        assert other.to_dict()["compile"] == "default"
+        assert {**other.to_dict(), "compile": None} == {**eager.to_dict(), "compile": None}
+        assert other.fingerprint() != eager.fingerprint()
+        # the eager fingerprint is that of the same spec written without the key (as before the option)
+        assert type(eager).from_dict({k: v for k, v in eager.to_dict().items() if k != "stage"}).fingerprint() \
+            == eager.fingerprint()
+    groups = [compiled.group_spec(g) for g in compiled.student_groups()]
+    assert all(m.compile == "default" for g in groups for m in g.members)
+
+
+def test_a_bad_compile_mode_is_one_error_line_naming_the_key():
+    with pytest.raises(ConfigError) as error:
+        plan(compile="max-autotune")
+    message = str(error.value)
+    assert message.startswith("config compile: 'max-autotune' is not one of") and "\n" not in message
+    assert "'none', 'default', 'reduce-overhead'" in message
+    with pytest.raises(ValueError, match="job spec key 'compile' must be 'default' or 'reduce-overhead'"):
+        StudentSpec.from_dict({**plan().group_spec(plan().student_groups()[0]).members[0].to_dict(),
+                               "compile": "none"})
+
+
 # ---------------------------------------------------------------- the plan on the shipped configs
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_target_input_is_an_instance_of_a_path_template(name):

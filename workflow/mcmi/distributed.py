@@ -373,32 +373,34 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
 class TrainingStep(nn.Module):
     """The module DistributedDataParallel wraps for one trained model: the model and its objective
     (whose trainable modules -- regressors, embeddings, heads -- are averaged with the model's),
-    ``forward(batch, epoch)`` = the objective's step."""
+    ``forward(batch, epoch)`` = the objective's step (``step``: that step compiled, or ``None``)."""
 
-    def __init__(self, model: nn.Module, objective: nn.Module) -> None:
+    def __init__(self, model: nn.Module, objective: nn.Module, step: Any = None) -> None:
         super().__init__()
         self.model, self.objective = model, objective
+        self.step = step or objective.step
 
     def forward(self, batch: Any, epoch: int) -> Any:
-        return self.objective.step(self.model, batch, epoch)
+        return self.step(self.model, batch, epoch)
 
 
-def data_parallel(model: nn.Module, objective: nn.Module) -> nn.Module:
-    """``model`` and ``objective`` as one DistributedDataParallel module. Left to each rank (not
+def data_parallel(model: nn.Module, objective: nn.Module, step: Any = None) -> nn.Module:
+    """``model`` and ``objective`` as one DistributedDataParallel module (``step``: the objective's step
+    function, compiled or not; default ``objective.step``). Left to each rank (not
     broadcast or reduced): parameters that are not trained (a frozen teacher) and the objective's
     buffers (CRD's memory banks, kept equal by the method itself, MCMI's centroids). The model's
     buffers (BatchNorm's running statistics) are rank 0's, as DDP's ``broadcast_buffers``."""
     from torch.nn.parallel import DistributedDataParallel
 
-    step = TrainingStep(model, objective)
-    ignored = [name for name, p in step.named_parameters() if not p.requires_grad]
-    ignored += [name for name, _ in step.named_buffers() if not name.startswith("model.")]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, ignored)
+    wrapped = TrainingStep(model, objective, step)
+    ignored = [name for name, p in wrapped.named_parameters() if not p.requires_grad]
+    ignored += [name for name, _ in wrapped.named_buffers() if not name.startswith("model.")]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(wrapped, ignored)
     extra_trainables = any(p.requires_grad for p in objective.parameters())
     device_ids = [_RANKS.device.index] if _RANKS.device.type == "cuda" else None
     sync = ({"forward_sync_buffers": True} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             else {"broadcast_buffers": True})      # the name torch 2.14 gives broadcast_buffers
-    return DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=extra_trainables,
+    return DistributedDataParallel(wrapped, device_ids=device_ids, find_unused_parameters=extra_trainables,
                                    gradient_as_bucket_view=True, **sync)
 
 

@@ -43,6 +43,15 @@ class Objective(nn.Module):
         """What goes into the metrics file about this objective."""
         return {"objective": type(self).__name__}
 
+    def compile_problem(self) -> str | None:
+        """Why this objective's step cannot be compiled (config ``compile``): a read of a device tensor
+        on the host or a shape that depends on the data; ``None`` when it can (:mod:`mcmi.capture`)."""
+        return None
+
+    def draws_random(self) -> bool:
+        """Whether the step draws random numbers (kept out of CUDA graphs: :mod:`mcmi.capture`)."""
+        return False
+
 
 class CrossEntropy(Objective):
     """Plain maximum log-likelihood training (the MLL teacher)."""

@@ -143,7 +143,8 @@ def train_teacher(spec: TeacherSpec) -> dict[str, Any]:
     model = _load_model(spec.model, train.num_classes)
     history = fit(model, CrossEntropy(), train, test, recipe, seed=int(spec.seed), device=device,
                   **_resume(spec, identity), cmi_every=int(spec.cmi_every or 0),
-                  stop_after_epoch=spec.stop_after_epoch, label=f"teacher {spec.model}")
+                  stop_after_epoch=spec.stop_after_epoch, label=f"teacher {spec.model}",
+                  precision=Precision(compile=spec.compile_mode))
     final = _final_from_history(history)
     _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
     return _finish(spec, "teacher", final, history, device, identity, outputs={"model": spec.out_model})
@@ -182,7 +183,8 @@ def finetune_mcmi(spec: MCMISpec) -> dict[str, Any]:
     centroids = compute_centroids(model, train, recipe.batch_size, device, spec.centroid_pass,
                                   torch.Generator().manual_seed(int(spec.seed) + CENTROID_STREAM_OFFSET))
     history = fit(model, MCMIObjective(centroids, lam), train, test, recipe, seed=int(spec.seed),
-                  device=device, **_resume(spec, identity), label=f"mcmi {spec.model} lambda={lam}")
+                  device=device, **_resume(spec, identity), label=f"mcmi {spec.model} lambda={lam}",
+                  precision=Precision(compile=spec.compile_mode))
     final = _final_from_history(history)
     _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
     return _finish(spec, "mcmi", final, history, device, identity, {"lam": lam}, outputs={"model": spec.out_model})
@@ -200,7 +202,8 @@ def finetune_regularized(spec: RegularizedSpec) -> dict[str, Any]:
     train = _labelled(train, spec.labelled)
     model = _load_model(spec.model, train.num_classes, spec.teacher_checkpoint).to(device)
     history = fit(model, objective, train, test, recipe, seed=int(spec.seed), device=device,
-                  **_resume(spec, identity), label=f"{objective.describe()['objective']} {spec.model}")
+                  **_resume(spec, identity), label=f"{objective.describe()['objective']} {spec.model}",
+                  precision=Precision(compile=spec.compile_mode))
     final = _final_from_history(history)
     _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
     return _finish(spec, "regularized", final, history, device, identity, objective.describe(),
@@ -281,7 +284,7 @@ def train_students(specs: list[StudentSpec | dict[str, Any]]) -> list[dict[str, 
     if first.teacher:
         teacher = SharedTeacher(_load_model(first.teacher, full_train.num_classes, first.teacher_checkpoint),
                                 first.teacher)
-    precision = Precision(first.precision, bool(first.channels_last))
+    precision = Precision(first.precision, bool(first.channels_last), first.compile_mode)
     members = student_members(todo, train, teacher, device, precision, [identities[s.out_metrics] for s in todo])
     fit_members(members, train, test, device=device, teacher_cache=teacher, precision=precision)
     trained = iter([_finish_student(spec, member, test, len(train), device, identities[spec.out_metrics])
@@ -420,7 +423,8 @@ def train_hsakd_heads(spec: HeadsSpec) -> dict[str, Any]:
     heads_kind = spec.hparams.get("heads", "auto")
     objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes, spec.model, heads_kind)
     history = fit(teacher, objective, train, test, recipe, seed=int(spec.seed), device=device,
-                  **_resume(spec, identity), label=f"hsakd heads {spec.model}")
+                  **_resume(spec, identity), label=f"hsakd heads {spec.model}",
+                  precision=Precision(compile=spec.compile_mode))
     save_teacher_heads(objective.heads, spec.out_model)
     return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"], "train_loss": history[-1]["train_loss"],
                                          "heads": objective.heads.kind}, history, device, identity,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcmi import distributed
+from mcmi import capture, distributed
 from mcmi.cmi import cmi_and_ll, cmi_and_ll_from_shards, collect_probs, entropy
 from mcmi.identity import Identity
 from mcmi.objectives import Objective
@@ -121,35 +121,39 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def confusion_matrix(model: nn.Module, data: Any, device: torch.device) -> list[list[int]]:
     """Counts of (true class, predicted class) of ``model`` on ``data`` in eval mode (each process of
-    a distributed job counts its rows; the counts are summed)."""
+    a distributed job counts its rows; the counts are summed). Counted on the device and read once."""
     model.eval()
     c = data.num_classes
-    counts = torch.zeros(c * c, dtype=torch.int64)
+    counts = torch.zeros(c * c, dtype=torch.int64, device=device)
     for batch in data.batches(256, device=device, **distributed.shard_kwargs()):
-        pred = model(batch.x).argmax(dim=1).cpu()
-        counts += torch.bincount(batch.y.cpu() * c + pred, minlength=c * c)
+        cells = batch.y * c + model(batch.x).argmax(dim=1)
+        counts.index_add_(0, cells, torch.ones_like(cells))      # bincount's size would be read on the host
     return distributed.all_sum(counts).view(c, c).tolist()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (%) of ``model`` on ``data`` in eval mode, no augmentation. In a
-    distributed job each process evaluates its rows of every batch and the sums are all-reduced (the
-    counts exactly; the loss up to the order of its float additions)."""
+    """Loss, top-1 and top-5 accuracy (%) of ``model`` on ``data`` in eval mode, no augmentation. The
+    sums are kept on the device (float64: the loss summed as before, the counts exact) and read once.
+    In a distributed job each process evaluates its rows of every batch and the sums are all-reduced
+    (the counts exactly; the loss up to the order of its float additions)."""
     model.eval()
-    total, loss, top1, top5 = 0, 0.0, 0, 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)     # loss, top-1, top-5
+    total = 0
     k = min(5, data.num_classes)
     for batch in data.batches(batch_size, device=device, **distributed.shard_kwargs()):
         logits = model(batch.x)
-        loss += float(F.cross_entropy(logits, batch.y, reduction="sum"))
         top = logits.topk(k, dim=1).indices
-        top1 += int((top[:, 0] == batch.y).sum())
-        top5 += int((top == batch.y[:, None]).any(dim=1).sum())
+        sums += torch.stack([F.cross_entropy(logits, batch.y, reduction="sum").to(torch.float64),
+                             (top[:, 0] == batch.y).sum().to(torch.float64),
+                             (top == batch.y[:, None]).any(dim=1).sum().to(torch.float64)])
         total += len(batch)
     if distributed.ranks().active:
-        sums = distributed.all_sum(torch.tensor([loss, top1, top5, total], dtype=torch.float64))
-        loss, top1, top5, total = float(sums[0]), int(sums[1]), int(sums[2]), int(sums[3])
-    result = {"loss": loss / total, "acc": 100.0 * top1 / total, "top5": 100.0 * top5 / total}
+        sums = distributed.all_sum(torch.cat([sums, torch.tensor([float(total)], dtype=torch.float64,
+                                                                 device=device)]))
+    loss, top1, top5, *rest = sums.tolist()
+    total = int(rest[0]) if rest else total
+    result = {"loss": loss / total, "acc": 100.0 * int(top1) / total, "top5": 100.0 * int(top5) / total}
     check_finite(result, f"evaluation on {getattr(data, 'name', 'the test set')}")
     return result
 
@@ -228,15 +232,19 @@ def _discard(path: str | os.PathLike) -> None:
 
 @dataclass
 class Precision:
-    """Numerics of training steps: ``fp32`` (the reference code's) or ``bf16`` autocast, and the
-    channels-last memory layout for convolutions. Evaluation always runs in fp32."""
+    """Numerics of training steps: ``fp32`` (the reference code's) or ``bf16`` autocast, the
+    channels-last memory layout for convolutions, and whether steps are compiled (``compile``:
+    ``none`` | ``default`` | ``reduce-overhead``, :mod:`mcmi.capture`). Evaluation always runs eagerly
+    in fp32."""
 
     dtype: str = "fp32"                    # "fp32" | "bf16"
     channels_last: bool = False
+    compile: str = "none"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.dtype!r}")
+        capture.check_mode(self.compile)
 
     def autocast(self, device: torch.device) -> Any:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16")
@@ -279,6 +287,8 @@ class Member:
         self.sums: _StepSums | None = None     # this epoch's running sums (set by the epoch loop)
         self.tic = 0.0
         self.step_module: nn.Module | None = None   # the DistributedDataParallel step of a distributed job
+        self.step_fn: Any = objective.step           # (model, batch, epoch) -> StepOutput; compiled or not
+        self.compile_mode = "none"                   # how step_fn runs (mcmi.capture)
         state = _resumable_state(resume_path, resume_key, label, resume_parts)
         if state is not None:
             model.load_state_dict(state["model"])
@@ -314,7 +324,7 @@ class Member:
 
 class _StepSums:
     """Per-epoch sums kept on the device (float64, as the host sums they replace), so a step never
-    waits for the device; read once at the end of the epoch."""
+    waits for the device; read once at the end of the epoch (:meth:`failure`, then :meth:`means`)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -341,12 +351,14 @@ class _StepSums:
         self.correct += (out.logits.detach().argmax(dim=1) == y[: out.logits.shape[0]]).sum()
 
     def failure(self, label: str, epoch: int) -> str | None:
-        step = int(self.first_bad_step)
+        """The epoch's first non-finite loss, named (``None``: every loss was finite): one read."""
+        names = list(self.bad_terms)
+        step, *values = torch.stack([self.first_bad_step.to(torch.float64),
+                                     *[self.bad_terms[k] for k in names]]).tolist()
         if step < 0:
             return None
-        terms = {k: float(v) for k, v in self.bad_terms.items()}
         where = f" ({distributed.ranks()})" if distributed.ranks().active else ""
-        return f"[{label}] non-finite loss at epoch {epoch}, step {step}{where}: {terms}"
+        return f"[{label}] non-finite loss at epoch {epoch}, step {int(step)}{where}: {dict(zip(names, values))}"
 
     def reduce(self) -> None:
         """Sum this epoch's sums over the processes of a distributed job (counts exactly)."""
@@ -358,6 +370,14 @@ class _StepSums:
         self.loss, self.correct, self.seen = total[0], total[1].round().to(torch.int64), int(total[2].round())
         self.terms = {k: total[3 + i] for i, k in enumerate(names)}
 
+    def means(self) -> dict[str, float]:
+        """The epoch's mean loss, training accuracy (%) and mean loss terms (``loss_<term>``): one read."""
+        names = list(self.terms)
+        loss, correct, *terms = torch.stack([self.loss, self.correct.to(torch.float64),
+                                             *[self.terms[k] for k in names]]).tolist()
+        return {"train_loss": loss / self.seen, "train_acc": 100.0 * int(correct) / self.seen,
+                **{f"loss_{k}": v / self.seen for k, v in zip(names, terms)}}
+
 
 def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.device, augment: bool = True,
                 teacher_cache: Any = None, precision: Precision | None = None) -> None:
@@ -368,6 +388,7 @@ def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.d
     equals the same member trained alone. A member whose loss goes non-finite stops (its last good
     checkpoint stays); the others go on and are saved; then :class:`NonFiniteLossError` names it."""
     precision = precision or Precision()
+    _prepare_steps(members, teacher_cache, precision.compile)
     if distributed.ranks().active:
         _prepare_distributed(members, train)
     while not all(m.done for m in members):
@@ -385,6 +406,25 @@ def fit_members(members: list[Member], train: Any, test: Any, *, device: torch.d
         raise NonFiniteLossError("; ".join(failed))
 
 
+def _prepare_steps(members: list[Member], teacher_cache: Any, mode: str) -> None:
+    """Compile the shared teacher's forward pass and each member's step in ``mode`` (``none``: eager;
+    :mod:`mcmi.capture`); a member whose step cannot be compiled, or not captured as asked, is named in
+    the log with why."""
+    if mode == "none":
+        return
+    capture.configure(len(members))
+    if teacher_cache is not None and hasattr(teacher_cache, "set_compile"):
+        teacher_cache.set_compile(mode)
+    for index, member in enumerate(members):
+        if member.done or member.compile_mode != "none":
+            continue
+        member.compile_mode, why = capture.member_mode(member.objective, mode)
+        if why:
+            _log(f"[{member.label}] compile {mode}: {why}")
+        if member.compile_mode != "none":
+            member.step_fn = capture.compile_step(member.objective, member.compile_mode, f"member{index}_step")
+
+
 def _prepare_distributed(members: list[Member], train: Any) -> None:
     """Before a distributed job trains: every batch can give each process a sample, BatchNorm layers
     follow the job's mode, and each member steps through its own DistributedDataParallel module."""
@@ -396,7 +436,7 @@ def _prepare_distributed(members: list[Member], train: Any) -> None:
             for name, child in list(member.objective.named_children()):
                 if name != "teacher":     # a frozen teacher runs in eval mode: plain BatchNorm
                     setattr(member.objective, name, distributed.sync_batchnorm(child))
-            member.step_module = distributed.data_parallel(member.model, member.objective)
+            member.step_module = distributed.data_parallel(member.model, member.objective, member.step_fn)
 
 
 def _train_epoch(cohort: list[Member], epoch: int, train: Any, device: torch.device, augment: bool,
@@ -425,7 +465,7 @@ def _train_epoch(cohort: list[Member], epoch: int, train: Any, device: torch.dev
             _set_rng_state(member.rng)
             with precision.autocast(device):
                 out = (member.step_module(batch, epoch) if member.step_module is not None
-                       else member.objective.step(member.model, batch, epoch))
+                       else member.step_fn(member.model, batch, epoch))
             member.optimizer.zero_grad(set_to_none=True)
             (out.loss if share is None else out.loss * share).backward()
             member.optimizer.step()
@@ -447,11 +487,11 @@ def _end_epoch(member: Member, epoch: int, train: Any, test: Any, device: torch.
     """Evaluate, record, log and checkpoint one member after its epoch."""
     sums, recipe = member.sums, member.recipe
     evaluation = evaluate(member.model, test, max(recipe.batch_size, 256), device)
-    record = {"epoch": epoch, "lr": recipe.lr_at(epoch), "train_loss": float(sums.loss) / sums.seen,
-              "train_acc": 100.0 * int(sums.correct) / sums.seen,
+    means = sums.means()
+    record = {"epoch": epoch, "lr": recipe.lr_at(epoch), "train_loss": means.pop("train_loss"),
+              "train_acc": means.pop("train_acc"),
               "test_loss": evaluation["loss"], "test_acc": evaluation["acc"], "test_top5": evaluation["top5"],
-              **{f"loss_{k}": float(v) / sums.seen for k, v in sums.terms.items()},
-              "seconds": time.time() - member.tic}
+              **means, "seconds": time.time() - member.tic}
     if member.cmi_every and (epoch % member.cmi_every == 0 or epoch == member.last_epoch):
         cmi = measure_cmi(member.model, train, max(recipe.batch_size, 256), device)
         record.update(train_cmi=cmi["cmi"], train_ll=cmi["ll"])

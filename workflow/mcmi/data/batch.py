@@ -29,3 +29,7 @@ class Batch:
         if name not in self._derived:
             self._derived[name] = make(self.x)
         return self._derived[name]
+
+    def derived_tensors(self) -> list[torch.Tensor]:
+        """The tensors :meth:`derived` has made so far."""
+        return list(self._derived.values())

@@ -46,6 +46,7 @@ class DistillMethod(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0}
     positive: ClassVar[tuple[str, ...]] = ()   # hyperparameters that must be > 0 (temperatures, sizes)
     needs_teacher: ClassVar[bool] = True       # False: trained without a teacher (the vanilla baseline)
+    draws_random: ClassVar[bool] = False       # the step draws random numbers (kept out of CUDA graphs)
 
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any]) -> list[str]:
@@ -79,6 +80,10 @@ class DistillMethod(nn.Module):
         """The method's own weighted loss terms (without the cross-entropy)."""
         raise NotImplementedError
 
+    def compile_problem(self) -> str | None:
+        """Why this method's step cannot be compiled (``None``: it can); see :mod:`mcmi.capture`."""
+        return None
+
     def method_info(self) -> dict[str, Any]:
         """Facts about how the method was built for this pair that are not hyperparameters (e.g.
         HSAKD's kind of heads); written to a student's metrics as ``final.method_info`` when non-empty."""
@@ -104,9 +109,11 @@ class SharedTeacher(nn.Module):
         self.model, self.model_name = model, model_name
         self._memo: dict[tuple[Hashable, int], tuple[torch.Tensor, Any]] = {}
 
+    @torch.compiler.disable
     def memo(self, key: Hashable, inputs: torch.Tensor, compute: Callable[[], _T]) -> _T:
         """``compute()``, a function of the frozen teacher and ``inputs`` only, computed once per
-        ``(key, inputs)`` until :meth:`clear`."""
+        ``(key, inputs)`` until :meth:`clear`. Never traced into a compiled student step: the teacher's
+        work runs in its own graph (:meth:`compile`), the same for a student alone and in a group."""
         slot = (key, id(inputs))
         hit = self._memo.get(slot)
         if hit is not None and hit[0] is inputs:   # the tensor is held, so its id cannot be reused
@@ -123,6 +130,15 @@ class SharedTeacher(nn.Module):
 
     def clear(self) -> None:
         self._memo.clear()
+
+    def set_compile(self, mode: str) -> None:
+        """Run the teacher model's ``extract`` compiled in ``mode`` (:mod:`mcmi.capture`) for every
+        caller, HSAKD's rotations included; ``none`` restores the eager forward pass."""
+        from mcmi.capture import compile_forward
+
+        self.model.__dict__.pop("extract", None)
+        if mode != "none":
+            self.model.extract = compile_forward(self.model, mode)
 
 
 def shared_teacher_work(teacher: nn.Module, key: Hashable, inputs: torch.Tensor,
@@ -169,6 +185,12 @@ class Distillation(Objective):
 
     def describe(self) -> dict:
         return {"objective": "distillation", "method": self.method.name, "hparams": self.method.hparams}
+
+    def compile_problem(self) -> str | None:
+        return self.method.compile_problem()
+
+    def draws_random(self) -> bool:
+        return self.method.draws_random
 
 
 def _is_number(value: Any) -> bool:

@@ -71,6 +71,7 @@ class CRD(DistillMethod):
         "nce_m": 0.5,
     }
     positive: ClassVar[tuple[str, ...]] = ("feat_dim", "nce_k", "nce_t")
+    draws_random: ClassVar[bool] = True        # the negatives
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -93,6 +94,12 @@ class CRD(DistillMethod):
         self.without_replacement: bool | None = (True if bool(enough.all()) else False if not bool(enough.any())
                                                  else None)     # None: it depends on the batch's labels
         self.register_buffer("enough_negatives", enough, persistent=False)
+
+    def compile_problem(self) -> str | None:
+        if self.without_replacement is None:
+            return ("some classes have K negatives and others not, so every step reads which of the batch's "
+                    "samples have enough (a host read of a device mask)")
+        return None
 
     def sample_contrast_indices(self, index: torch.Tensor) -> torch.Tensor:
         """(B, 1 + K) memory rows: each sample's own index, then K indices of other classes."""
@@ -117,10 +124,11 @@ class CRD(DistillMethod):
 
         Scores every bank row against the B anchors with one (N, D)·(D, B) product and gathers the
         sampled ones, which equals the reference's batched product of gathered rows without
-        materialising the (B, 1 + K, D) tensor. The bank is copied because the backward pass needs
-        it after the in-place momentum update.
+        materialising the (B, 1 + K, D) tensor. The backward pass reads this bank: the momentum
+        update replaces the banks with updated copies instead of writing into them
+        (:meth:`_update_memory`).
         """
-        dots = anchor @ memory.detach().clone().T  # (B, N)
+        dots = anchor @ memory.detach().T  # (B, N)
         return torch.exp(dots.gather(1, rows) / self.hparams["nce_t"])
 
     @staticmethod
@@ -133,13 +141,17 @@ class CRD(DistillMethod):
         z.copy_(torch.where(z < 0, mean_score.to(z.dtype) * num_train, z))
 
     @torch.no_grad()
-    def _update_memory(self, memory: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> None:
-        """Momentum update of the bank rows of the batch; in a distributed job with the rows of every
-        process's shard (gathered), so each process's banks stay the single process's."""
+    def _update_memory(self, name: str, index: torch.Tensor, value: torch.Tensor) -> None:
+        """Momentum update of the rows of the batch in bank ``name``; in a distributed job with the rows
+        of every process's shard (gathered), so each process's banks stay the single process's. The bank
+        is replaced by an updated copy, not written into: the step's backward pass reads the bank the
+        scores were computed with (a compiled step whose backward read a bank updated in place got wrong
+        gradients from torch.compile; eagerly the two are the same numbers)."""
+        memory = getattr(self, name)
         index, value = distributed.gather_rows(index), distributed.gather_rows(value.detach())
         momentum = float(self.hparams["nce_m"])
         mixed = memory[index] * momentum + value.detach() * (1.0 - momentum)
-        memory.index_copy_(0, index, F.normalize(mixed, p=2, dim=1))
+        setattr(self, name, memory.index_copy(0, index, F.normalize(mixed, p=2, dim=1)))
 
     def contrast(self, f_s: torch.Tensor, f_t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The CRD loss (unweighted) for pooled features and dataset indices; updates the banks."""
@@ -154,8 +166,8 @@ class CRD(DistillMethod):
         self._fix_normaliser(self.z_s, distributed.global_mean(out_s.detach()), num_train)
         self._fix_normaliser(self.z_t, distributed.global_mean(out_t.detach()), num_train)
         loss = nce_loss(out_s / self.z_s, num_train) + nce_loss(out_t / self.z_t, num_train)
-        self._update_memory(self.memory_s, index, v_s)
-        self._update_memory(self.memory_t, index, v_t)
+        self._update_memory("memory_s", index, v_s)
+        self._update_memory("memory_t", index, v_t)
         return loss
 
     def distill(self, s: Features, t: Features, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:

@@ -29,17 +29,27 @@ def jsd_mi_bound(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor
     return -F.softplus(-positive).mean() - F.softplus(negative).mean()
 
 
-def negative_offset(batch_size: int) -> int:
-    """A random offset in 1..B−1 (0 for a batch of one). Rolling the teacher's side of the batch by
-    it gives every sample x another sample x' of the batch: the one negative per positive (Fig. 2)."""
+def negative_offset(batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """A random offset in 1..B−1, drawn on ``device`` (``None`` for a batch of one). Rolling the teacher's
+    side of the batch by it gives every sample x another sample x' of the batch: the one negative per
+    positive (Fig. 2). The draw stays on the device, so no step waits to read it and a compiled step
+    draws a new offset every step (on a CPU it is the draw ``torch.randint(1, B, ())`` of the host's
+    generator, as before; on a GPU it comes from the GPU's generator)."""
     if batch_size < 2:
-        return 0
-    return int(torch.randint(1, batch_size, ()).item())
+        return None
+    return torch.randint(1, batch_size, (), device=device)
 
 
-def roll_batch(x: torch.Tensor, offset: int) -> torch.Tensor:
-    """Row b of the result is row (b − offset) mod B of ``x``."""
-    return torch.roll(x, shifts=offset, dims=0) if offset else x
+def roll_batch(x: torch.Tensor, offset: torch.Tensor | int | None) -> torch.Tensor:
+    """Row b of the result is row (b − offset) mod B of ``x``: ``torch.roll`` along the batch, by
+    gathering rows (the offset may be a device tensor), in the memory layout ``torch.roll`` gives (a
+    channels-last map stays channels-last, so the critic's convolutions round as they did)."""
+    if offset is None or (isinstance(offset, int) and offset == 0):
+        return x
+    rows = torch.remainder(torch.arange(x.shape[0], device=x.device) - offset, x.shape[0])
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return x.index_select(0, rows).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class ConvCritic(nn.Module):
@@ -60,7 +70,8 @@ class ConvCritic(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def scores(self, f_t: torch.Tensor, f_s: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, f_t: torch.Tensor, f_s: torch.Tensor,
+               offset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of the positive pairs [f_t(x), f_s(x)] and of the negatives [f_t(x'), f_s(x)], x' the
         sample ``offset`` rows away; both maps (B, C, m, m), compared location by location."""
         return (self(torch.cat([f_t, f_s], dim=1)),
@@ -96,7 +107,8 @@ class ProjectDotCritic(nn.Module):
         self.project_t = ShortcutProjection(t_dim, units)
         self.project_s = ShortcutProjection(s_dim, units)
 
-    def scores(self, f_t: torch.Tensor, f_s: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, f_t: torch.Tensor, f_s: torch.Tensor,
+               offset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores ⟨p_t(x), p_s(x)⟩ of the positives and ⟨p_t(x'), p_s(x)⟩ of the negatives; (B,) each.
         The critic is separable, so each side is projected once and the teacher's projection rolled."""
         p_t, p_s = self.project_t(f_t), self.project_s(f_s)
@@ -180,6 +192,7 @@ class MIMKD(DistillMethod):
         "nce_m": 0.5,
     }
     positive: ClassVar[tuple[str, ...]] = ("critic_hidden", "global_proj_dim")
+    draws_random: ClassVar[bool] = True        # the negative offset (and the NCE bound's negatives)
 
     def __init__(self, ctx: PairContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -204,13 +217,16 @@ class MIMKD(DistillMethod):
         self.feature_critics = nn.ModuleList(
             ConvCritic(teacher.stages[j][0] + student.stages[i][0], hidden) for i, j in self.feature_pairs)
 
+    def compile_problem(self) -> str | None:
+        return self.global_nce.compile_problem() if self.hparams["global_bound"] == "nce" else None
+
     def feature_pairs_with_sizes(self) -> list[tuple[tuple[int, ...], int, int]]:
         """R as (spatial size, student index, teacher index), k = 1..K."""
         return [(map_size(self.ctx.student.stages[i]), i, j) for i, j in self.feature_pairs]
 
     def distill(self, s: Features, t: Features, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         hp = self.hparams
-        offset = negative_offset(s.pooled.shape[0])
+        offset = negative_offset(s.pooled.shape[0], s.pooled.device)
         t_pooled = t.pooled.detach()
         if hp["global_bound"] == "nce":
             global_loss = self.global_nce.contrast(s.pooled, t_pooled, batch.index)

@@ -196,8 +196,14 @@ class WorkflowConfig:
                 "distributed": None if one_process else self.resources.distributed_spec(ds)}
 
     def _numerics(self) -> dict[str, Any]:
-        """Training numerics of students (config ``precision``, ``channels_last``)."""
-        return {"precision": self.config["precision"], "channels_last": bool(self.config["channels_last"])}
+        """Training numerics of students (config ``precision``, ``channels_last``, ``compile``)."""
+        return {"precision": self.config["precision"], "channels_last": bool(self.config["channels_last"]),
+                **self._compiled()}
+
+    def _compiled(self) -> dict[str, Any]:
+        """The ``compile`` field of a training job's spec: absent for ``none`` (the eager job's spec)."""
+        mode = self.config["compile"]
+        return {} if mode == "none" else {"compile": mode}
 
     @staticmethod
     def variant_run_fields(variant: str) -> dict[str, Any]:
@@ -220,7 +226,8 @@ class WorkflowConfig:
         fig2 = self.config["experiments"].get("figure2")
         traces_cmi = variant == MLL and fig2 and fig2["dataset"] == ds and teacher in fig2["teachers"]
         parsed = Variant.parse(variant)
-        return TeacherSpec(**job, model=teacher, out_model=out_model, recipe=self.recipe(ds, "teacher", teacher),
+        return TeacherSpec(**job, **self._compiled(), model=teacher, out_model=out_model,
+                           recipe=self.recipe(ds, "teacher", teacher),
                            cmi_every=fig2["cmi_every"] if traces_cmi else None,
                            stop_after_epoch=parsed.es_epochs, labelled=self._labelled(parsed))
 
@@ -242,7 +249,7 @@ class WorkflowConfig:
             return self.mcmi_spec(ds, teacher, number_text(parsed.lam), variant)
         job = self.job_fields(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
                               {"dataset": ds, "teacher": teacher, **parsed.run_fields()})
-        return RegularizedSpec(**job, model=teacher, out_model=self.teacher_model(ds, teacher, variant),
+        return RegularizedSpec(**job, **self._compiled(), model=teacher, out_model=self.teacher_model(ds, teacher, variant),
                                teacher_checkpoint=self.teacher_model(ds, teacher, parsed.parent),
                                objective=parsed.regularizer(), recipe=self.mcmi_recipe(ds, teacher),
                                labelled=self._labelled(parsed))
@@ -253,7 +260,7 @@ class WorkflowConfig:
         parsed = Variant.parse(variant)
         job = self.job_fields(ds, self.config["teachers"]["seed"], self.teacher_metrics(ds, teacher, variant),
                               {"dataset": ds, "teacher": teacher, **parsed.run_fields()})
-        return MCMISpec(**job, model=teacher, out_model=self.teacher_model(ds, teacher, variant),
+        return MCMISpec(**job, **self._compiled(), model=teacher, out_model=self.teacher_model(ds, teacher, variant),
                         teacher_checkpoint=self.teacher_model(ds, teacher, parsed.parent), lam=float(lam),
                         recipe=self.mcmi_recipe(ds, teacher), centroid_pass=self.config["mcmi"]["centroid_pass"],
                         labelled=self._labelled(parsed))
@@ -323,7 +330,7 @@ class WorkflowConfig:
         out = self.paths.path("hsakd_heads_metrics", dataset=ds, teacher=teacher, variant=variant)
         job = self.job_fields(ds, self.config["teachers"]["seed"], out,
                         {"dataset": ds, "teacher": teacher, **self.variant_run_fields(variant)})
-        return HeadsSpec(**job, model=teacher, checkpoint=self.teacher_model(ds, teacher, variant),
+        return HeadsSpec(**job, **self._compiled(), model=teacher, checkpoint=self.teacher_model(ds, teacher, variant),
                          out_model=self.hsakd_heads(ds, teacher, variant), recipe=self.recipe(ds, "teacher", teacher),
                          hparams=dict(self.config["methods"].get("HSAKD", {})))
 

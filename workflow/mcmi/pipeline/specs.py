@@ -189,7 +189,29 @@ class TrainingJob(JobSpec):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TeacherSpec(TrainingJob):
+class SteppedJob(TrainingJob):
+    """A job that trains (through :func:`mcmi.train.fit_members`): its steps may be compiled.
+
+    ``compile``: ``default`` or ``reduce-overhead`` (:mod:`mcmi.capture`); ``None`` (the config's
+    ``none``) runs them eagerly and leaves the key out of the JSON, so the spec, its fingerprint and the
+    job's identity are those of the eager job from before the option existed. A compiled step computes
+    the same losses up to float rounding (fused kernels), so a compiled job's numbers can differ from the
+    eager job's: it is another job, as another ``precision`` is."""
+
+    compile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile is not None and self.compile not in ("default", "reduce-overhead"):
+            raise ValueError(f"job spec key 'compile' must be 'default' or 'reduce-overhead' (or absent: eager), "
+                             f"got {self.compile!r}")
+
+    @property
+    def compile_mode(self) -> str:
+        return self.compile or "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherSpec(SteppedJob):
     """Train a teacher with cross-entropy (MLL; early-stopped when ``stop_after_epoch`` is set)."""
 
     STAGE: ClassVar[str] = "teacher"
@@ -220,7 +242,7 @@ class ImportSpec(TrainingJob):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MCMISpec(TrainingJob):
+class MCMISpec(SteppedJob):
     """Fine-tune the MLL teacher at ``teacher_checkpoint`` to maximise LL + lam * CMI."""
 
     STAGE: ClassVar[str] = "mcmi"
@@ -239,7 +261,7 @@ class MCMISpec(TrainingJob):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RegularizedSpec(TrainingJob):
+class RegularizedSpec(SteppedJob):
     """Fine-tune the MLL teacher at ``teacher_checkpoint`` with the MCMI recipe but another regulariser
     (Figure 7): ``objective`` is what ``objectives.regularizer`` builds, e.g. {"objective": "entropy",
     "beta": 0.15}."""
@@ -314,7 +336,7 @@ class CamSpec(TrainingJob):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HeadsSpec(TrainingJob):
+class HeadsSpec(SteppedJob):
     """HSAKD's first stage: the teacher's auxiliary heads on its frozen backbone."""
 
     STAGE: ClassVar[str] = "hsakd_heads"
@@ -327,7 +349,7 @@ class HeadsSpec(TrainingJob):
 
 
 @dataclass(frozen=True, kw_only=True)
-class StudentSpec(TrainingJob):
+class StudentSpec(SteppedJob):
     """Distil one student from a frozen teacher with one method (``vanilla``: no teacher)."""
 
     STAGE: ClassVar[str] = "student"
@@ -358,7 +380,7 @@ class StudentSpec(TrainingJob):
 
 # Fields every member of a student group must have in common.
 SHARED_BY_GROUP = ("dataset", "seed", "device", "teacher", "teacher_checkpoint", "few_shot", "zero_shot",
-                   "precision", "channels_last", "distributed")
+                   "precision", "channels_last", "compile", "distributed")
 
 
 @dataclass(frozen=True, kw_only=True)
