@@ -43,8 +43,8 @@ setup: $(ENV)/.installed-$(KEY)   ## this clone's environment (and the shared he
 demo: setup   ## every table and figure on this CPU from offline data (results/demo)
 	PATH=$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 
-test: setup   ## the test suite
-	PATH=$(BIN):$$PATH $(BIN)/python -m pytest -q
+test: setup   ## the test suite (torch.compile's kernels cached beside the environment: a warm run compiles nothing)
+	PATH=$(BIN):$$PATH TORCHINDUCTOR_CACHE_DIR=$${TORCHINDUCTOR_CACHE_DIR:-$(CACHE)/inductor} $(BIN)/python -m pytest -q
 
 lint: setup
 	PATH=$(BIN):$$PATH $(BIN)/snakemake --lint --configfile config/test.yaml
