@@ -22,6 +22,10 @@ P = W.paths.pattern     # P("student_metrics") -> the path template with its {wi
 # The config this results folder is planned with, rewritten only when it changes: tables and figures
 # depend on it, so after any config change they rerun and refuse inputs the new config would not make.
 PLAN_CONFIG = W.record_plan_config()
+# The package code likewise (its fingerprint): after a code change the tables and figures are rebuilt
+# and say which of their results other code produced (training jobs rerun only when their spec or an
+# input file changes).
+CODE_STAMP = W.record_code_stamp()
 
 # One pipeline run per results folder (Snakemake's own lock covers one working directory only).
 RESULTS_LOCK = ResultsLock(W.results)

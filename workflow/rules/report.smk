@@ -13,22 +13,25 @@ from mcmi.report import FIGURES, TABLES  # noqa: E402
 report: "../report/workflow.rst"
 
 
-# The config the results folder is planned with (see PLAN_CONFIG in common.smk): written here the first
-# time, rewritten while the Snakefile is read whenever the config changes.
+# The config and the package code the results folder is planned with (see PLAN_CONFIG and CODE_STAMP in
+# common.smk): written here the first time, rewritten while the Snakefile is read whenever they change.
 rule plan_config:
     output:
-        PLAN_CONFIG,
+        plan=PLAN_CONFIG,
+        code=CODE_STAMP,
     log:
         P("log_plan_config"),
     localrule: True
     run:
-        Path(log[0]).write_text(f"planned config written to {W.record_plan_config(create=True)}\n")
+        Path(log[0]).write_text(f"planned config written to {W.record_plan_config(create=True)}, package code "
+                                f"to {W.record_code_stamp(create=True)}\n")
 
 
 rule table:
     input:
         metrics=lambda wc: W.table_inputs(wc.n),
         plan=PLAN_CONFIG,
+        code=CODE_STAMP,
     output:
         md=P("table", ext="md"),
         tex=P("table", ext="tex"),
@@ -62,6 +65,7 @@ rule figure:
     input:
         metrics=lambda wc: W.figure_inputs(int(wc.n)),
         plan=PLAN_CONFIG,
+        code=CODE_STAMP,
     output:
         pdf=P("figure", ext="pdf"),
         png=report(

@@ -19,6 +19,7 @@ _VANILLA = "{dataset}/students/vanilla/{student}/seed{seed}"
 TEMPLATES: dict[str, str] = {
     "data_ready": "data/{dataset}.json",
     "plan_config": "config.json",
+    "code_stamp": "code.json",
     "teacher_model": f"{_TEACHER}/model.pt",
     "teacher_metrics": f"{_TEACHER}/metrics.json",
     "hsakd_heads": f"{_TEACHER}/hsakd_heads.pt",

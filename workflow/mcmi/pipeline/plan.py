@@ -17,7 +17,7 @@ from mcmi.pipeline.paths import Paths
 from mcmi.pipeline.resources import Resources, split_to_fit
 from mcmi.pipeline.specs import (DataSpec, FewShot, HeadsSpec, ImportSpec, JobSpec, Labelled, MCMISpec, MeasureSpec,
                                  RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec, TeacherSpec, ZeroShot)
-from mcmi.provenance import canonical_json, read_json_strict, write_text_atomic
+from mcmi.provenance import canonical_json, code_fingerprint, read_json_strict, write_text_atomic
 from mcmi.synthetic.task import resolve_config, split_sizes
 
 @dataclass(frozen=True, order=True)
@@ -659,10 +659,18 @@ class WorkflowConfig:
         """Rewrite :meth:`plan_config_file` when its content differs from this config, so its time stamp
         changes only with the config; a missing file is written only with ``create`` (the workflow's
         ``plan_config`` job: reading a config never creates the results folder). Returns its path."""
-        path, text = Path(self.plan_config_file()), canonical_json(self.config) + "\n"
-        if (create or path.is_file()) and (not path.is_file() or path.read_text() != text):
-            write_text_atomic(path, text)
-        return str(path)
+        return _record_stamp(Path(self.plan_config_file()), canonical_json(self.config) + "\n", create)
+
+    def code_stamp_file(self) -> str:
+        """The package code the results folder's tables and figures were last planned with (its
+        fingerprint): every table and figure depends on it, so a code change rebuilds them -- a report
+        fix shows, and each table says which of its results other code produced (mcmi.report.origin)."""
+        return self.paths.path("code_stamp")
+
+    def record_code_stamp(self, create: bool = False) -> str:
+        """:meth:`code_stamp_file` rewritten when the package's code changed (as :meth:`record_plan_config`)."""
+        text = canonical_json({"package_code": code_fingerprint()}) + "\n"
+        return _record_stamp(Path(self.code_stamp_file()), text, create)
 
     # ------------------------------------------------------------------ resources
     def mem_mb(self, ds: str) -> int:
@@ -696,3 +704,10 @@ class WorkflowConfig:
         return {"mem_mb": r.mem_mb(ds, processes=processes), "gpu": r.gpus(ds, processes),
                 "runtime": r.checked(f"the {kind} job of {model} on {ds}", ds, gpu_minutes, processes)}
 
+
+def _record_stamp(path: Path, text: str, create: bool) -> str:
+    """Write ``text`` to ``path`` when it differs from the file's content (only if the file exists,
+    unless ``create``), so the file's time stamp changes only with its content. Returns its path."""
+    if (create or path.is_file()) and (not path.is_file() or path.read_text() != text):
+        write_text_atomic(path, text)
+    return str(path)

@@ -311,10 +311,15 @@ details summary { cursor: pointer; font-weight: bold; margin: 1em 0; }
 
 
 def _html_text(line: str) -> str:
-    """A summary or note line: markdown bold (**x**) as <strong>, the rest escaped."""
-    parts = line.split("**")
-    return "".join(f"<strong>{html_lib.escape(p)}</strong>" if i % 2 else html_lib.escape(p)
-                   for i, p in enumerate(parts))
+    """A summary or note line: markdown bold (**x**) as <strong>, code (`x`) as <code>, the rest escaped."""
+    def spans(text: str) -> str:
+        pieces = text.split("`")
+        if len(pieces) % 2 == 0:                  # an unpaired backtick: plain text
+            return html_lib.escape(text)
+        return "".join(f"<code>{html_lib.escape(p)}</code>" if i % 2 else html_lib.escape(p)
+                       for i, p in enumerate(pieces))
+
+    return "".join(f"<strong>{spans(p)}</strong>" if i % 2 else spans(p) for i, p in enumerate(line.split("**")))
 
 
 def _html_section(layout: Layout, title: str, level: str) -> list[str]:
@@ -364,11 +369,22 @@ TABLE_EXTENSIONS = ("md", "tex", "csv", "html")
 
 
 def write_table(df: pd.DataFrame, layout: Layout, out_prefix: str | Path, title: str, caption: str,
-                cites: str) -> None:
+                cites: str, origin: tuple[str, list[str]] | None = None) -> None:
     """Write ``{prefix}.csv`` (tidy), ``{prefix}.md`` (wide, readable), ``{prefix}.tex`` (booktabs) and
-    ``{prefix}.html`` (a page for the Snakemake report)."""
+    ``{prefix}.html`` (a page for the Snakemake report). ``origin``: a heading and its bullet lines
+    (where the numbers come from), the last section of the md and html files and comment lines in the
+    tex file; the csv holds the cells only."""
+    heading, lines = origin or ("", [])
+    md = markdown(df, layout, title, caption, cites)
+    tex = latex(layout, title, caption)
+    page = html_page(df, layout, title, caption, cites)
+    if lines:
+        md += "\n".join(["", f"## {heading}", "", *lines]) + "\n"
+        tex += "".join(f"% {line[2:]}\n" for line in [f"- {heading}:", *lines])
+        items = "".join(f"<li>{_html_text(line[2:])}</li>\n" for line in lines)
+        page = page.replace("</body>", f"<h2>{html_lib.escape(heading)}</h2>\n<ul>\n{items}</ul>\n</body>")
     write_text_atomic(f"{out_prefix}.csv", df.to_csv(index=False))
-    write_text_atomic(f"{out_prefix}.md", markdown(df, layout, title, caption, cites))
-    write_text_atomic(f"{out_prefix}.tex", latex(layout, title, caption))
-    write_text_atomic(f"{out_prefix}.html", html_page(df, layout, title, caption, cites))
+    write_text_atomic(f"{out_prefix}.md", md)
+    write_text_atomic(f"{out_prefix}.tex", tex)
+    write_text_atomic(f"{out_prefix}.html", page)
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mcmi.report.records import load_metrics, tag_foreign_dataset
+from mcmi.provenance import code_fingerprint
+from mcmi.report.origin import HEADING, Origin
+from mcmi.report.records import MetricsRecord, load_metrics, tag_foreign_dataset
 from mcmi.report.render import write_table
 from mcmi.report.spec import Registry, TableSpec
 from mcmi.report.tables import table1, table1x, table2, table3, table4, table5, table6, table7, table8
@@ -19,21 +21,32 @@ TABLES: Registry[TableSpec] = Registry(
 )
 
 
-def build_table(n: int | str, metrics_paths: list[str | Path], paper_dir: str) -> pd.DataFrame:
-    """Tidy Table ``n`` (an id of ``TABLES``; 1 and "1" are the same): one row per cell with the paper
-    value, ours mean/std/n, diff and status."""
-    spec = TABLES[n]
+def _records(spec: TableSpec, metrics_paths: list[str | Path]) -> list[MetricsRecord]:
     records = load_metrics(metrics_paths)
-    if spec.paper_dataset:
-        records = [tag_foreign_dataset(r, spec.paper_dataset) for r in records]
+    return [tag_foreign_dataset(r, spec.paper_dataset) for r in records] if spec.paper_dataset else records
+
+
+def _frame(spec: TableSpec, records: list[MetricsRecord], paper_dir: str) -> pd.DataFrame:
     df = spec.build(records, paper_dir).copy()
     df.insert(0, "table", spec.id)
     return df.reset_index(drop=True)
 
 
-def make_table(n: int | str, metrics_paths: list[str | Path], paper_dir: str, out_prefix: str | Path) -> pd.DataFrame:
-    """Build Table ``n`` and write its csv/md/tex files; returns the tidy frame."""
+def build_table(n: int | str, metrics_paths: list[str | Path], paper_dir: str) -> pd.DataFrame:
+    """Tidy Table ``n`` (an id of ``TABLES``; 1 and "1" are the same): one row per cell with the paper
+    value, ours mean/std/n, diff and status."""
     spec = TABLES[n]
-    df = build_table(n, metrics_paths, paper_dir)
-    write_table(df, spec.layout(df), out_prefix, spec.title, spec.caption, spec.cites)
+    return _frame(spec, _records(spec, metrics_paths), paper_dir)
+
+
+def make_table(n: int | str, metrics_paths: list[str | Path], paper_dir: str, out_prefix: str | Path) -> pd.DataFrame:
+    """Build Table ``n`` and write its csv/md/tex/html files, with where its numbers come from
+    (:mod:`mcmi.report.origin`); returns the tidy frame."""
+    spec = TABLES[n]
+    records = _records(spec, metrics_paths)
+    df = _frame(spec, records, paper_dir)
+    layout = spec.layout(df)
+    origin = Origin.of(records, code_fingerprint())
+    layout.summary[:0] = origin.summary()
+    write_table(df, layout, out_prefix, spec.title, spec.caption, spec.cites, (HEADING, origin.lines()))
     return df
