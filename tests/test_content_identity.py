@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -279,3 +280,35 @@ def test_moving_a_results_folder_keeps_every_identity(tmp_path):
     assert here.student_spec(*args).fingerprint() == there.student_spec(*args).fingerprint()
     hotter = WorkflowConfig({**config, "methods": {**config["methods"], "KD": {"T": 2}}}, REPO)
     assert hotter.student_spec(*args).fingerprint() != here.student_spec(*args).fingerprint()
+
+
+@pytest.mark.slow
+def test_a_code_change_rebuilds_the_tables_and_they_name_the_results_of_other_code(tmp_path):
+    """Snakemake reruns no training job when only the package's code changed; the code stamp
+    (<results>/code.json) makes it rebuild the tables, which then say that their results came from
+    other code. On a copy of the workflow, whose package is edited between two runs."""
+    repo = tmp_path / "repo"
+    for part in ("workflow", "config", "envs"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "Snakefile", repo / "Snakefile")
+    config = str(_config(tmp_path))
+    run = lambda *args: subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
+                                        "-d", str(tmp_path), "table5", *args, "--configfile", config],
+                                       capture_output=True, text=True, timeout=600, env=_env())
+    first = run("--cores", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = tmp_path / "results/tables/table5.md"
+    assert "**Code**" not in table.read_text()
+    stamp = (tmp_path / "results/code.json").read_text()
+
+    with open(repo / "workflow/mcmi/report/origin.py", "a") as source:      # the package changes
+        source.write("\n# an edit\n")
+    dry = run("-n")
+    assert dry.returncode == 0 and job_counts(dry.stdout) == {"table": 1, "table5": 1}, dry.stdout[-3000:]
+    assert (tmp_path / "results/code.json").read_text() != stamp            # rewritten at parse
+    second = run("--cores", "2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    text = table.read_text()
+    n = text.split("## Where these numbers come from")[1].split()[1]         # "- N metrics files"
+    assert f"- **Code**: {n} of {n} result files were produced by other code than this checkout's" in text
+    assert run("-n").stdout.count("Nothing to be done") == 1                 # and then it is up to date

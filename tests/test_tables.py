@@ -384,7 +384,8 @@ def test_sections_with_our_cells_come_first(tmp_path: Path) -> None:
     md = (tmp_path / "table1.md").read_text()
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections[0] == "## resnet14 [digits] → resnet8 [digits] (ours only)"
-    assert sections[1] == "## Paper cells not run (12 sections)" and len(sections) == 2
+    assert sections[1] == "## Paper cells not run (12 sections)"
+    assert sections[2] == "## Where these numbers come from" and len(sections) == 3      # always last
     assert md.index("### resnet56 → resnet20 (same-arch)") > md.index("## Paper cells not run")
     assert md.index("- **MCMI − MLL**") < md.index("- **ours** =") < md.index("## resnet14 [digits]")
     html = (tmp_path / "table1.html").read_text()
