@@ -120,9 +120,16 @@ def _eager_rate(members: list[Member], data: TensorImageDataset, teacher: Shared
                 device: torch.device, warmup: int, steps: int) -> float:
     """Student-images per second of the trainer's epoch loop over ``steps`` batches (after a warm-up epoch)."""
     _train_epoch(members, 1, FirstBatches(data, warmup), device, True, teacher, precision)
+    return _timed_epoch(members, 2, data, teacher, precision, device, steps)
+
+
+def _timed_epoch(members: list[Member], epoch: int, data: TensorImageDataset, teacher: SharedTeacher,
+                 precision: Precision, device: torch.device, steps: int) -> float:
+    """Student-images per second of one epoch of ``steps`` batches of the trainer's loop (device synced
+    before and after); a member whose loss went non-finite fails the measurement."""
     _sync(device)
     tic = time.perf_counter()
-    _train_epoch(members, 2, FirstBatches(data, steps), device, True, teacher, precision)
+    _train_epoch(members, epoch, FirstBatches(data, steps), device, True, teacher, precision)
     _sync(device)
     failed = [m.failure for m in members if m.failure]
     if failed:
@@ -397,13 +404,7 @@ def _compiled_rate(members: list[Member], data: TensorImageDataset, teacher: Sha
         _train_epoch(members, epoch, FirstBatches(data, warmup), device, True, teacher, precision)
     _sync(device)
     warmup_s = time.perf_counter() - tic
-    tic = time.perf_counter()
-    _train_epoch(members, 3, FirstBatches(data, steps), device, True, teacher, precision)
-    _sync(device)
-    failed = [m.failure for m in members if m.failure]
-    if failed:
-        raise FloatingPointError("; ".join(failed))
-    return len(members) * steps * BATCH / (time.perf_counter() - tic), warmup_s
+    return _timed_epoch(members, 3, data, teacher, precision, device, steps), warmup_s
 
 
 def part_compile(rows: Rows, sizes: Sizes) -> None:
