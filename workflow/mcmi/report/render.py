@@ -35,6 +35,7 @@ class Layout:
     header_lines: list[str] = field(default_factory=list)              # bullets under the caption
     summary: list[str] = field(default_factory=list)                   # the table's first lines (verdicts)
     intro: dict[str, list[str]] = field(default_factory=dict)          # lines above a section's table
+    closing: tuple[str, list[str]] | None = None                       # a last section: heading, bullet lines
 
 
 def pair_label(teacher: str, student: str) -> str:
@@ -236,7 +237,11 @@ def markdown(df: pd.DataFrame, layout: Layout, title: str, caption: str, cites: 
                   "Sections of the paper's table of which we ran no cell, for reference.", ""]
         for section in paper_only:
             lines += _markdown_section(layout, section, "###")
-    return "\n".join(lines).rstrip() + "\n"
+    text = "\n".join(lines).rstrip() + "\n"
+    if layout.closing:
+        heading, bullets = layout.closing
+        text += "\n".join(["", f"## {heading}", "", *bullets]) + "\n"
+    return text
 
 
 # --------------------------------------------------------------------------------------------- LaTeX
@@ -291,6 +296,9 @@ def latex(layout: Layout, title: str, caption: str) -> str:
         for section in paper_only:
             lines += _latex_section(layout, section)
     lines.append(r"\end{table}")
+    if layout.closing:                                 # as comments: the table environment is unchanged
+        heading, bullets = layout.closing
+        lines += [f"% {heading}:", *[f"% {line[2:]}" for line in bullets]]
     return "\n".join(lines) + "\n"
 
 
@@ -361,6 +369,9 @@ def html_page(df: pd.DataFrame, layout: Layout, title: str, caption: str, cites:
         for section in paper_only:
             lines += _html_section(layout, section, "h3")
         lines.append("</details>")
+    if layout.closing:
+        heading, bullets = layout.closing
+        lines += [f"<h2>{esc(heading)}</h2>", "<ul>", *[f"<li>{_html_text(line[2:])}</li>" for line in bullets], "</ul>"]
     lines += ["</body>", "</html>"]
     return "\n".join(lines) + "\n"
 
@@ -369,22 +380,11 @@ TABLE_EXTENSIONS = ("md", "tex", "csv", "html")
 
 
 def write_table(df: pd.DataFrame, layout: Layout, out_prefix: str | Path, title: str, caption: str,
-                cites: str, origin: tuple[str, list[str]] | None = None) -> None:
-    """Write ``{prefix}.csv`` (tidy), ``{prefix}.md`` (wide, readable), ``{prefix}.tex`` (booktabs) and
-    ``{prefix}.html`` (a page for the Snakemake report). ``origin``: a heading and its bullet lines
-    (where the numbers come from), the last section of the md and html files and comment lines in the
-    tex file; the csv holds the cells only."""
-    heading, lines = origin or ("", [])
-    md = markdown(df, layout, title, caption, cites)
-    tex = latex(layout, title, caption)
-    page = html_page(df, layout, title, caption, cites)
-    if lines:
-        md += "\n".join(["", f"## {heading}", "", *lines]) + "\n"
-        tex += "".join(f"% {line[2:]}\n" for line in [f"- {heading}:", *lines])
-        items = "".join(f"<li>{_html_text(line[2:])}</li>\n" for line in lines)
-        page = page.replace("</body>", f"<h2>{html_lib.escape(heading)}</h2>\n<ul>\n{items}</ul>\n</body>")
+                cites: str) -> None:
+    """Write ``{prefix}.csv`` (tidy: the cells only), ``{prefix}.md`` (wide, readable), ``{prefix}.tex``
+    (booktabs) and ``{prefix}.html`` (a page for the Snakemake report)."""
     write_text_atomic(f"{out_prefix}.csv", df.to_csv(index=False))
-    write_text_atomic(f"{out_prefix}.md", md)
-    write_text_atomic(f"{out_prefix}.tex", tex)
-    write_text_atomic(f"{out_prefix}.html", page)
+    write_text_atomic(f"{out_prefix}.md", markdown(df, layout, title, caption, cites))
+    write_text_atomic(f"{out_prefix}.tex", latex(layout, title, caption))
+    write_text_atomic(f"{out_prefix}.html", html_page(df, layout, title, caption, cites))
 

@@ -48,5 +48,6 @@ def make_table(n: int | str, metrics_paths: list[str | Path], paper_dir: str, ou
     layout = spec.layout(df)
     origin = Origin.of(records, code_fingerprint())
     layout.summary[:0] = origin.summary()
-    write_table(df, layout, out_prefix, spec.title, spec.caption, spec.cites, (HEADING, origin.lines()))
+    layout.closing = (HEADING, origin.lines())
+    write_table(df, layout, out_prefix, spec.title, spec.caption, spec.cites)
     return df
