@@ -22,7 +22,7 @@ from mcmi.models.base import probe_shapes
 from mcmi.objectives import CrossEntropy, MCMIObjective
 from mcmi.pipeline.specs import (SHARED_BY_GROUP, CamSpec, ClassCMISpec, DataSpec, EmbeddingSpec, HeadsSpec, ImportSpec, JobSpec, Labelled,
                                  MCMISpec, MeasureSpec, RegularizedSpec, StudentGroupSpec, StudentSpec, SyntheticSpec,
-                                 TeacherSpec, TrainingJob, parse_spec)
+                                 SteppedJob, TeacherSpec, TrainingJob, parse_spec)
 from mcmi.identity import Identity, data_digest, file_digest, job_identity, output_problem, seal_problem, sealed
 from mcmi.provenance import (code_fingerprint, link_or_copy, now, provenance, read_json_strict,
                              remove_stale_temporaries, save_torch_atomic, write_json_atomic)
@@ -69,6 +69,12 @@ def _resume(spec: TrainingJob, identity: Identity) -> dict[str, Any]:
     """``fit``'s resume arguments: the job's checkpoint path and its content identity (spec, code and
     input digests), so a checkpoint written under another recipe, code or teacher is never resumed."""
     return {"resume_path": spec.resume, "resume_key": identity.key, "resume_parts": identity.to_dict()}
+
+
+def _teacher_side_precision(spec: SteppedJob) -> Precision:
+    """Numerics of a teacher-side training job (teacher, fine-tune, HSAKD heads): fp32 as the reference
+    code, its steps compiled as the spec's ``compile`` says."""
+    return Precision(compile=spec.compile_mode)
 
 
 def _load_model(name: str, num_classes: int, checkpoint: str | None = None) -> torch.nn.Module:
@@ -144,7 +150,7 @@ def train_teacher(spec: TeacherSpec) -> dict[str, Any]:
     history = fit(model, CrossEntropy(), train, test, recipe, seed=int(spec.seed), device=device,
                   **_resume(spec, identity), cmi_every=int(spec.cmi_every or 0),
                   stop_after_epoch=spec.stop_after_epoch, label=f"teacher {spec.model}",
-                  precision=Precision(compile=spec.compile_mode))
+                  precision=_teacher_side_precision(spec))
     final = _final_from_history(history)
     _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
     return _finish(spec, "teacher", final, history, device, identity, outputs={"model": spec.out_model})
@@ -184,7 +190,7 @@ def finetune_mcmi(spec: MCMISpec) -> dict[str, Any]:
                                   torch.Generator().manual_seed(int(spec.seed) + CENTROID_STREAM_OFFSET))
     history = fit(model, MCMIObjective(centroids, lam), train, test, recipe, seed=int(spec.seed),
                   device=device, **_resume(spec, identity), label=f"mcmi {spec.model} lambda={lam}",
-                  precision=Precision(compile=spec.compile_mode))
+                  precision=_teacher_side_precision(spec))
     final = _final_from_history(history)
     _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
     return _finish(spec, "mcmi", final, history, device, identity, {"lam": lam}, outputs={"model": spec.out_model})
@@ -203,7 +209,7 @@ def finetune_regularized(spec: RegularizedSpec) -> dict[str, Any]:
     model = _load_model(spec.model, train.num_classes, spec.teacher_checkpoint).to(device)
     history = fit(model, objective, train, test, recipe, seed=int(spec.seed), device=device,
                   **_resume(spec, identity), label=f"{objective.describe()['objective']} {spec.model}",
-                  precision=Precision(compile=spec.compile_mode))
+                  precision=_teacher_side_precision(spec))
     final = _final_from_history(history)
     _save_model(spec.out_model, model, spec.model, final["epochs"], final["test_acc"])
     return _finish(spec, "regularized", final, history, device, identity, objective.describe(),
@@ -424,7 +430,7 @@ def train_hsakd_heads(spec: HeadsSpec) -> dict[str, Any]:
     objective = HSAKDTeacherHeads(probe_shapes(teacher, train.input_shape), train.num_classes, spec.model, heads_kind)
     history = fit(teacher, objective, train, test, recipe, seed=int(spec.seed), device=device,
                   **_resume(spec, identity), label=f"hsakd heads {spec.model}",
-                  precision=Precision(compile=spec.compile_mode))
+                  precision=_teacher_side_precision(spec))
     save_teacher_heads(objective.heads, spec.out_model)
     return _finish(spec, "hsakd_heads", {"epochs": history[-1]["epoch"], "train_loss": history[-1]["train_loss"],
                                          "heads": objective.heads.kind}, history, device, identity,
