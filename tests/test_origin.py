@@ -65,4 +65,27 @@ def test_files_without_provenance_are_counted_as_unrecorded(tmp_path, table3_pat
     make_table(3, table3_paths, PAPER_DIR, str(tmp_path / "table3"))
     md = (tmp_path / "table3.md").read_text()
     n = len(table3_paths)
-    assert f"- {n - 1} of {n} files record no code, commit or versions" in md and "**Code**" not in md
+    assert f"- {n - 1} of {n} files record no code fingerprint or commit" in md and "**Code**" not in md
+
+
+def test_a_lambda_selection_records_its_code_and_a_missing_device_is_left_out(tmp_path, monkeypatch):
+    """Table 6 reads λ* selections: they record the code that chose them; a file recording torch but no
+    device lists torch alone."""
+    from mcmi.provenance import code_fingerprint
+    from mcmi.selection import select_lambda
+
+    students = []
+    for lam, acc in ((0.1, 50.0), (0.2, 60.0)):
+        path = tmp_path / f"kd_{lam}.json"
+        path.write_text(json.dumps({"run": {"lam": lam}, "final": {"test_acc": acc}}))
+        students.append(str(path))
+    out = tmp_path / "lambda_star.json"
+    select_lambda(students, str(out), teacher="resnet14", dataset="digits")
+    recorded = json.loads(out.read_text())["provenance"]
+    assert recorded["code_fingerprint"] == code_fingerprint() and "git_commit" in recorded
+
+    monkeypatch.setattr(mcmi.report.tables, "code_fingerprint", lambda: recorded["code_fingerprint"])
+    make_table(6, [str(out)], PAPER_DIR, str(tmp_path / "table6"))
+    md = (tmp_path / "table6.md").read_text()
+    assert "- 1 metrics file (" in md and "this checkout's code" in md and "**Code**" not in md
+    assert "- torch " in md and "device" not in md.split(f"## {HEADING}")[1]

@@ -90,14 +90,18 @@ def code_fingerprint() -> str:
     return package_source_digest()
 
 
+def code_origin() -> dict[str, Any]:
+    """Which code wrote a result: the package's fingerprint and the git commit (``-dirty`` with edits)."""
+    return {"code_fingerprint": code_fingerprint(), "git_commit": _git_commit()}
+
+
 def provenance(config: dict[str, Any], seed: int | None, device: str | torch.device | None = None) -> dict[str, Any]:
     """The provenance block of a metrics file."""
     return {
         "config": config,
         "seed": seed,
         "versions": versions(),
-        "code_fingerprint": code_fingerprint(),
-        "git_commit": _git_commit(),
+        **code_origin(),
         "host": platform.node(),
         "device": str(device) if device is not None else None,
         "started": now(),

@@ -8,7 +8,7 @@ from statistics import mean
 from typing import Sequence
 
 from mcmi.identity import sealed
-from mcmi.provenance import copy_file_atomic, now, read_json_strict, versions, write_json_atomic
+from mcmi.provenance import code_origin, copy_file_atomic, now, read_json_strict, versions, write_json_atomic
 
 
 def select_lambda(metrics_paths: Sequence[str], out_path: str, *, teacher: str, dataset: str) -> dict:
@@ -32,7 +32,7 @@ def select_lambda(metrics_paths: Sequence[str], out_path: str, *, teacher: str, 
         "final": {"lambda_grid": sorted(means), "scores": {str(k): v for k, v in means.items()},
                   "n": {str(k): len(v) for k, v in sorted(scores.items())},
                   "score_name": "mean KD-student test accuracy (%)", "lambda_star": lambda_star},
-        "provenance": {"inputs": list(metrics_paths), "versions": versions(), "finished": now()},
+        "provenance": {"inputs": list(metrics_paths), "versions": versions(), **code_origin(), "finished": now()},
     }
     write_json_atomic(out_path, result)
     return result

@@ -86,7 +86,8 @@ class Origin:
 
     def lines(self) -> list[str]:
         """The bullet lines (markdown) of the table's last section."""
-        lines = [f"- {self.files} metrics files (one per run of a cell, teacher or baseline)."]
+        lines = [f"- {self.files} metrics file{'s' if self.files != 1 else ''} (one per run of a cell, teacher "
+                 "or baseline, or a λ* selection)."]
         if self.code:
             versions = []
             for digest, n in self.code.most_common():
@@ -96,11 +97,12 @@ class Origin:
             lines.append(f"- Package code (fingerprint of its source files): {'; '.join(versions)}."
                          + ("" if self.other_code else " All of it is this checkout's code."))
         if self.recorded < self.files:
-            lines.append(f"- {self.files - self.recorded} of {self.files} files record no code, commit or versions "
+            lines.append(f"- {self.files - self.recorded} of {self.files} files record no code fingerprint or commit "
                          "(written by hand or by an older version of the pipeline).")
-        if self.torch:
-            lines.append(f"- torch {_counted(self.torch, sum(self.torch.values()))}; device "
-                         f"{_counted(self.devices, sum(self.devices.values()))}.")
+        runtime = [f"{name} {_counted(counts, sum(counts.values()))}"
+                   for name, counts in (("torch", self.torch), ("device", self.devices)) if counts]
+        if runtime:
+            lines.append(f"- {'; '.join(runtime)}.")
         lines.append(f"- This table was built by code `{_short(self.current_code)}`; each file's `provenance` "
                      "block has the full config, seed, versions, host and times.")
         return lines
